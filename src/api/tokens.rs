@@ -1,0 +1,168 @@
+//! `npm token list|create|revoke`: `/-/npm/v1/tokens`.
+
+use super::{iso, JsonBody, PathParam};
+use crate::auth::{ClientAddr, Principal};
+use crate::error::{ApiError, Challenge};
+use crate::policy::Credential;
+use crate::store::{TokenKind, TokenRecord, User};
+use crate::token::{PlainToken, TokenKey};
+use crate::token_request::{self, CreateTokenBody, ExpiryLimits, TokenSpec};
+use crate::AppState;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{Duration, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const DEFAULT_PER_PAGE: i64 = 10;
+const MAX_PER_PAGE: i64 = 9999;
+
+/// The token as npm lists it; `token` is the full secret only in the create answer.
+pub fn token_json(t: &TokenRecord, shown: &str) -> Value {
+    let cidr = t.cidr_whitelist.clone();
+    json!({
+        "token": shown,
+        "key": t.key.0,
+        "name": t.name,
+        "description": t.description,
+        "type": t.kind.as_str(),
+        "readonly": t.readonly,
+        "automation": t.automation,
+        "bypass_2fa": t.bypass_2fa,
+        "cidr_whitelist": cidr,
+        "cidr": cidr,
+        "created": iso(t.created),
+        "updated": iso(t.created),
+        "expires": t.expires.map(iso),
+        "packages": t.packages,
+        "packages_all": t.packages_all,
+        "scopes": t.scopes,
+        "orgs": t.orgs,
+        "packages_and_scopes_permission": t.packages_and_scopes_permission.map(|p| p.as_str()),
+        "orgs_permission": t.orgs_permission.map(|p| p.as_str()),
+    })
+}
+
+/// Generates a token for `spec`, stores it, and returns the secret with its record.
+async fn issue(state: &AppState, user: &User, spec: TokenSpec) -> Result<(PlainToken, TokenRecord), ApiError> {
+    let prefix = &state.config.token_prefix;
+    let token = PlainToken::generate(prefix);
+    let record = spec.into_record(token.key(), user.id, token.redacted(prefix), Utc::now());
+    state.store.insert_token(&record).await?;
+    Ok((token, record))
+}
+
+/// A session token for `npm login`.
+pub async fn issue_session(state: &AppState, user: &User) -> Result<(PlainToken, TokenRecord), ApiError> {
+    let hours = state.config.session_expiry_hours;
+    let spec = TokenSpec {
+        kind: TokenKind::Session,
+        name: Some("npm login".into()),
+        description: None,
+        readonly: false,
+        automation: false,
+        bypass_2fa: false,
+        cidr_whitelist: None,
+        packages: vec![],
+        packages_all: false,
+        scopes: vec![],
+        orgs: vec![],
+        packages_and_scopes_permission: None,
+        orgs_permission: None,
+        expires: (hours > 0).then(|| Utc::now() + Duration::hours(hours as i64)),
+    };
+    issue(state, user, spec).await
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    page: Option<String>,
+    #[serde(rename = "perPage")]
+    per_page: Option<String>,
+}
+
+fn parse_param(name: &str, value: Option<&str>, default: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a whole number from {min} to {max}."))),
+    }
+}
+
+/// `GET /-/npm/v1/tokens?page=N&perPage=M`: the caller's tokens, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = query.map_err(|_| ApiError::bad_request("Invalid query string."))?;
+    let page = parse_param("page", params.page.as_deref(), 0, 0, i64::from(u32::MAX))?;
+    let per_page = parse_param("perPage", params.per_page.as_deref(), DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)?;
+    let (tokens, total) = state
+        .store
+        .list_tokens(principal.user.id, page * per_page, per_page)
+        .await?;
+    let objects: Vec<Value> = tokens.iter().map(|t| token_json(t, &t.redacted)).collect();
+    let next = ((page + 1) * per_page < total)
+        .then(|| format!("/-/npm/v1/tokens?page={}&perPage={per_page}", page + 1));
+    Ok(Json(json!({ "objects": objects, "total": total, "urls": { "next": next } })))
+}
+
+/// `POST /-/npm/v1/tokens`: needs the account password every time.
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClientAddr(client): ClientAddr,
+    JsonBody(body): JsonBody<CreateTokenBody>,
+) -> Result<Response, ApiError> {
+    let limits = ExpiryLimits {
+        max_days: state.config.max_token_expiry_days,
+        default_days: state.config.default_token_expiry_days,
+    };
+    let spec = token_request::validate(&body, limits, Utc::now()).map_err(ApiError::BadRequest)?;
+    let password = body.password.unwrap_or_default();
+    let ok = !password.is_empty()
+        && crate::password::verify(password, Some(principal.user.password_hash.clone())).await;
+    if !ok {
+        tracing::info!(user = %principal.user.name, %client, "token create refused: wrong password");
+        return Err(ApiError::unauthorized("Incorrect or missing password.", Challenge::Basic));
+    }
+    let max = i64::from(state.config.max_tokens_per_user);
+    if spec.kind != TokenKind::Session && state.store.count_live_tokens(principal.user.id, Utc::now()).await? >= max {
+        return Err(ApiError::forbidden(format!(
+            "You already have {max} tokens, the most one account may hold: revoke some with npm token revoke."
+        )));
+    }
+    let (token, record) = issue(&state, &principal.user, spec).await?;
+    tracing::info!(
+        user = %principal.user.name, key = record.key.short(), kind = record.kind.as_str(), %client,
+        "token created"
+    );
+    Ok((StatusCode::CREATED, Json(token_json(&record, token.expose()))).into_response())
+}
+
+/// `DELETE /-/npm/v1/tokens/token/KEY-OR-TOKEN`: only the caller's own tokens.
+pub async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    let key = TokenKey::parse_hex(&id).unwrap_or_else(|| TokenKey::of(&id));
+    let revoked = state.store.revoke_token(principal.user.id, &key, Utc::now()).await?;
+    if !revoked {
+        return Err(ApiError::not_found(
+            "No token of yours has that id or value: see npm token list.",
+        ));
+    }
+    let by = match &principal.credential {
+        Credential::Token(t) => t.key.short().to_owned(),
+        Credential::Password => "password".into(),
+    };
+    tracing::info!(user = %principal.user.name, key = key.short(), by, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,192 @@
+//! The one middleware that decides who a request comes from and whether that credential may
+//! perform the request's operation, before any handler runs.
+
+use crate::client_ip;
+use crate::error::{ApiError, Challenge};
+use crate::policy::{self, Credential, Requirement};
+use crate::registry_path::classify;
+use crate::store::User;
+use crate::token::{PlainToken, TokenKey};
+use crate::AppState;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use chrono::Utc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user: User,
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// The token's key when the caller used a token.
+    pub fn token_key(&self) -> Option<&TokenKey> {
+        match &self.credential {
+            Credential::Token(t) => Some(&t.key),
+            Credential::Password => None,
+        }
+    }
+}
+
+/// The caller of a route whose handler accepts anonymous or dead credentials (logout).
+#[derive(Clone, Debug)]
+pub struct MaybePrincipal(pub Option<Principal>);
+
+/// The client address, resolved once per request (see [`client_ip::resolve`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
+
+pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = client_ip::resolve(peer, forwarded, &state.config.trusted_proxies);
+    req.extensions_mut().insert(ClientAddr(client));
+
+    let op = classify(req.method(), req.uri().path());
+    req.extensions_mut().insert(op);
+    match policy::requirement(op) {
+        Requirement::Public => {}
+        Requirement::Lenient => {
+            let who = identify(&state, req.headers(), client).await.ok().flatten();
+            req.extensions_mut().insert(MaybePrincipal(who));
+        }
+        Requirement::Authenticated(access) => {
+            let principal = match identify(&state, req.headers(), client).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    return ApiError::unauthorized(
+                        "You must be logged in: run `npm login` against this registry.",
+                        Challenge::Bearer,
+                    )
+                    .into_response()
+                }
+                Err(e) => return e.into_response(),
+            };
+            if let Err(denial) = policy::authorize(&principal.credential, access) {
+                tracing::info!(user = %principal.user.name, ?op, "refused: {}", denial.0);
+                return ApiError::forbidden(denial.0).into_response();
+            }
+            req.extensions_mut().insert(principal);
+        }
+    }
+    next.run(req).await
+}
+
+/// Resolves the `Authorization` header into a principal. `Ok(None)`: no credentials sent.
+pub async fn identify(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let invalid = || {
+        ApiError::unauthorized(
+            "The Authorization header is neither a Bearer token nor Basic credentials.",
+            Challenge::Bearer,
+        )
+    };
+    let value = value.to_str().map_err(|_| invalid())?;
+    let (scheme, rest) = value.split_once(' ').ok_or_else(invalid)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        bearer(state, rest, client).await.map(Some)
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        basic(state, rest).await.map(Some)
+    } else {
+        Err(invalid())
+    }
+}
+
+async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal, ApiError> {
+    let bad = |why: &str| ApiError::unauthorized(why.to_owned(), Challenge::Bearer);
+    // Garbage is refused by format and checksum before any lookup.
+    let token = PlainToken::parse(&state.config.token_prefix, raw)
+        .map_err(|_| bad("This token is not valid: log in again with `npm login`."))?;
+    let key = token.key();
+    let found = state
+        .store
+        .token_by_key(&key)
+        .await?
+        .ok_or_else(|| bad("This token is not valid: log in again with `npm login`."))?;
+    let (record, owner) = (found.token, found.owner);
+    if record.revoked.is_some() {
+        return Err(bad("This token has been revoked."));
+    }
+    if record.expires.is_some_and(|e| e <= Utc::now()) {
+        return Err(bad("This token has expired: create a new one or log in again."));
+    }
+    if owner.disabled {
+        return Err(bad("This account is disabled: ask an administrator."));
+    }
+    if let Some(list) = &record.cidr_whitelist {
+        let nets: Vec<ipnet::IpNet> = list.iter().filter_map(|c| client_ip::parse_cidr(c)).collect();
+        if !client_ip::allowed(client, &nets) {
+            tracing::info!(key = key.short(), %client, "refused: address not in the token's CIDR list");
+            return Err(ApiError::unauthorized(
+                format!("This token may not be used from the address {client}."),
+                Challenge::IpAddress,
+            ));
+        }
+    }
+    Ok(Principal { user: owner, credential: Credential::Token(record) })
+}
+
+async fn basic(state: &AppState, encoded: &str) -> Result<Principal, ApiError> {
+    let wrong = || ApiError::unauthorized("Incorrect username or password.", Challenge::Basic);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(wrong)?;
+    let (name, password) = decoded.split_once(':').ok_or_else(wrong)?;
+    let user = state.store.user_by_name(name).await?;
+    let ok = crate::password::verify(password.to_owned(), user.as_ref().map(|u| u.password_hash.clone())).await;
+    match user {
+        Some(user) if ok && !user.disabled => Ok(Principal { user, credential: Credential::Password }),
+        _ => Err(wrong()),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            ApiError::unauthorized("You must be logged in.", Challenge::Bearer)
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<MaybePrincipal>().cloned().unwrap_or(MaybePrincipal(None)))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
+}

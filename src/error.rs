@@ -1,0 +1,127 @@
+//! The one error type of the HTTP surface: a status, a `{"error": …}` body that npm prints,
+//! and the `WWW-Authenticate` challenge npm turns into the right message.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Which challenge a 401 carries. npm compares each comma-separated element whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token is missing or invalid: npm tells the user to `npm login`.
+    Bearer,
+    /// A password is wrong or missing: npm says "Incorrect or missing password.".
+    Basic,
+    /// A one-time password is needed: npm's EOTP.
+    Otp,
+    /// The client address is not allowed for this token: npm's EAUTHIP.
+    IpAddress,
+}
+
+impl Challenge {
+    fn header(self) -> &'static str {
+        match self {
+            Challenge::Bearer => "Bearer",
+            Challenge::Basic => "Basic",
+            Challenge::Otp => "OTP",
+            Challenge::IpAddress => "ipaddress",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    Unauthorized { message: String, challenge: Option<Challenge> },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest(message.into())
+    }
+
+    pub fn unauthorized(message: impl Into<String>, challenge: Challenge) -> Self {
+        ApiError::Unauthorized { message: message.into(), challenge: Some(challenge) }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound(message.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) => ApiError::Unavailable(
+                "The token database is unavailable; try again shortly.".into(),
+            ),
+            StoreError::Conflict(what) => ApiError::Conflict(what),
+            StoreError::NotFound => ApiError::not_found("Not found."),
+            StoreError::Other(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                "Internal server error; the administrator can find the cause in the server log."
+                    .to_owned()
+            }
+            ApiError::Unavailable(m) => {
+                tracing::warn!("{m}");
+                m.clone()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if let ApiError::Unauthorized { challenge: Some(c), .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c.header()));
+        }
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}

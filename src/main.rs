@@ -1,0 +1,248 @@
+//! The `tokengate` command: the server and its administration.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokengate::config::{Config, LogFormat, Overrides};
+use tokengate::store::{NewUser, SqlStore, Store};
+use tokengate::AppState;
+
+#[derive(Parser)]
+#[command(name = "tokengate", version, about = "An npm-compatible access-token service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Clone)]
+struct Common {
+    /// TOML configuration file (also TOKENGATE_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://FILE or postgres://… (also TOKENGATE_DATABASE_URL).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (pending migrations run first).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on (also TOKENGATE_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Manage user accounts.
+    User {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Add {
+        name: String,
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set an account's password; its login sessions are revoked unless --keep-sessions.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        keep_sessions: bool,
+    },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective settings, secrets masked.
+    Check,
+}
+
+fn load_config(common: &Common, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        config_file: common.config.clone(),
+        listen,
+        database_url: common.database_url.clone(),
+    };
+    Ok(Config::load(&overrides)?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    SqlStore::connect(
+        &config.database_url,
+        &tokengate::store::PoolSettings {
+            max_connections: config.database_max_connections,
+            acquire_timeout: std::time::Duration::from_secs(config.database_acquire_timeout_secs),
+        },
+    )
+    .await
+}
+
+fn read_password(from_stdin: bool, min_len: usize) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        first
+    };
+    if password.chars().count() < min_len {
+        bail!("the password must be at least {min_len} characters long (password_min_length)");
+    }
+    Ok(password)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { common, listen } => {
+            let config = load_config(&common, listen)?;
+            init_logging(config.log_format);
+            let store = Arc::new(open_store(&config).await?);
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            tracing::info!(
+                "tokengate listening on http://{} (database {})",
+                listener.local_addr()?,
+                tokengate::config::mask_url_password(&config.database_url)
+            );
+            let state = AppState::new(config, store.clone());
+            tokengate::serve(listener, state, shutdown_signal()).await?;
+            store.close().await;
+        }
+        Command::Migrate { common } => {
+            let config = load_config(&common, None)?;
+            open_store(&config).await?;
+            println!("migrations applied");
+        }
+        Command::Config { common, command: ConfigCommand::Check } => {
+            let config = load_config(&common, None)?;
+            print!("{}", config.to_masked_toml());
+        }
+        Command::User { common, command } => {
+            let config = load_config(&common, None)?;
+            let store = open_store(&config).await?;
+            user_command(&config, &store, command).await?;
+            store.close().await;
+        }
+    }
+    Ok(())
+}
+
+async fn user_command(config: &Config, store: &SqlStore, command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { name, email, password_stdin } => {
+            tokengate::names::validate_username(&name).map_err(anyhow::Error::msg)?;
+            tokengate::names::validate_email(&email).map_err(anyhow::Error::msg)?;
+            let password = read_password(password_stdin, config.password_min_length)?;
+            let password_hash = tokengate::password::hash(password).await?;
+            store
+                .create_user(&NewUser { name: name.clone(), email, password_hash })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create user {name}: {e}"))?;
+            println!("user {name} created");
+        }
+        UserCommand::Passwd { name, password_stdin, keep_sessions } => {
+            let user = store
+                .user_by_name(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_context(|| format!("no user named {name}"))?;
+            let password = read_password(password_stdin, config.password_min_length)?;
+            let password_hash = tokengate::password::hash(password).await?;
+            let revoked = store
+                .set_password(user.id, &password_hash, !keep_sessions)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("password of {name} changed; {revoked} login session(s) revoked");
+        }
+        UserCommand::List => {
+            let users = store.list_users().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{:<24} {:<32} {:<8} created", "name", "email", "status");
+            for u in users {
+                println!(
+                    "{:<24} {:<32} {:<8} {}",
+                    u.name,
+                    u.email,
+                    if u.disabled { "disabled" } else { "active" },
+                    u.created.format("%Y-%m-%d")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("tokengate: {e:#}");
+        std::process::exit(1);
+    }
+}

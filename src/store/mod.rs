@@ -1,0 +1,189 @@
+//! Storage: one trait for every operation the server needs, one SQL implementation that runs
+//! on SQLite and PostgreSQL (each with its own migrations folder).
+
+mod sql;
+
+pub use sql::{Backend, PoolSettings, SqlStore};
+
+use crate::token::TokenKey;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or did not answer in time: the request gets a 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique value already exists (e.g. a user name).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub name: String,
+    pub email: String,
+    pub password_hash: String,
+}
+
+/// What kind of token a row is; decides what it may do before any finer limit applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenKind {
+    /// Made by `npm login`: everything the user may do.
+    Session,
+    /// A full-permission token from `npm token create`.
+    Publish,
+    /// Reads only.
+    ReadOnly,
+    /// Full permission for packages, skips the OTP for package writes; cannot manage tokens.
+    Automation,
+    /// Limited to packages, scopes and orgs with their permissions.
+    Granular,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Session => "session",
+            TokenKind::Publish => "publish",
+            TokenKind::ReadOnly => "read-only",
+            TokenKind::Automation => "automation",
+            TokenKind::Granular => "granular",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "session" => TokenKind::Session,
+            "publish" => TokenKind::Publish,
+            "read-only" => TokenKind::ReadOnly,
+            "automation" => TokenKind::Automation,
+            "granular" => TokenKind::Granular,
+            _ => return None,
+        })
+    }
+}
+
+/// npm's permission values for packages/scopes and for orgs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Permission {
+    NoAccess,
+    ReadOnly,
+    ReadWrite,
+    ReadWriteStageOnly,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::NoAccess => "no-access",
+            Permission::ReadOnly => "read-only",
+            Permission::ReadWrite => "read-write",
+            Permission::ReadWriteStageOnly => "read-write-stage-only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "no-access" => Permission::NoAccess,
+            "read-only" => Permission::ReadOnly,
+            "read-write" => Permission::ReadWrite,
+            "read-write-stage-only" => Permission::ReadWriteStageOnly,
+            _ => return None,
+        })
+    }
+
+    pub fn can_write(self) -> bool {
+        matches!(self, Permission::ReadWrite | Permission::ReadWriteStageOnly)
+    }
+}
+
+/// A token's stored metadata. The token itself is never stored; `key` is its SHA-512 hex.
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    pub key: TokenKey,
+    pub user_id: i64,
+    /// A true prefix of the token, shown in lists.
+    pub redacted: String,
+    pub kind: TokenKind,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub readonly: bool,
+    pub automation: bool,
+    pub bypass_2fa: bool,
+    /// `None`: no restriction. Entries are normalised CIDRs.
+    pub cidr_whitelist: Option<Vec<String>>,
+    pub packages: Vec<String>,
+    pub packages_all: bool,
+    pub scopes: Vec<String>,
+    pub orgs: Vec<String>,
+    pub packages_and_scopes_permission: Option<Permission>,
+    pub orgs_permission: Option<Permission>,
+    pub created: DateTime<Utc>,
+    pub expires: Option<DateTime<Utc>>,
+    pub revoked: Option<DateTime<Utc>>,
+}
+
+/// A token found by its key, with the owner it acts for.
+#[derive(Clone, Debug)]
+pub struct TokenWithOwner {
+    pub token: TokenRecord,
+    pub owner: User,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates a user; `Conflict` when the name is taken.
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Replaces the password hash; with `revoke_sessions` also revokes the user's login
+    /// sessions. Returns how many sessions were revoked.
+    async fn set_password(
+        &self,
+        user_id: i64,
+        password_hash: &str,
+        revoke_sessions: bool,
+    ) -> StoreResult<u64>;
+
+    /// Stores a new token row; it is durable when this returns.
+    async fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// The token with that key and its owner, revoked and expired ones included.
+    async fn token_by_key(&self, key: &TokenKey) -> StoreResult<Option<TokenWithOwner>>;
+    /// Live (not revoked, not expired) tokens of a user other than login sessions.
+    async fn count_live_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<i64>;
+    /// A page of a user's unrevoked tokens, newest first, and how many there are in all.
+    async fn list_tokens(
+        &self,
+        user_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<TokenRecord>, i64)>;
+    /// Revokes one of the user's tokens; false when it is unknown, not theirs or already revoked.
+    async fn revoke_token(&self, user_id: i64, key: &TokenKey, now: DateTime<Utc>)
+        -> StoreResult<bool>;
+}

@@ -1,0 +1,384 @@
+//! The SQL store, on SQLite or PostgreSQL through sqlx's `Any` driver. Queries are written
+//! once in the dialect both accept (`$N` parameters, integers for flags and times).
+
+use super::*;
+use anyhow::Context;
+use chrono::TimeZone;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Pool settings taken from the configuration.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl SqlStore {
+    /// Connects (creating a SQLite file when missing) and runs pending migrations.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(url))
+        } else {
+            (Backend::Postgres, url.to_owned())
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout);
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open database {}", crate::config::mask_url_password(&url)))?;
+        let store = SqlStore { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations of this backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator.run(&self.pool).await.context("migrations failed")?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `sqlite://file.db` → `sqlite://file.db?mode=rwc`, so a missing file is created.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("already exists".into())
+        }
+        sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
+            StoreError::Unavailable(db.to_string())
+        }
+        other => StoreError::Other(other.into()),
+    }
+}
+
+/// SQLite busy/locked/read-only/disk-full and PostgreSQL shutdown/connection classes.
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    match code {
+        Some(c) => {
+            matches!(c, "5" | "6" | "8" | "10" | "13" | "517" | "261" | "1032")
+                || c.starts_with("08")
+                || c.starts_with("57P")
+                || c == "53300"
+        }
+        None => false,
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).expect("strings serialize")
+}
+
+fn parse_list(s: &str) -> anyhow::Result<Vec<String>> {
+    serde_json::from_str(s).context("stored list is not JSON")
+}
+
+const USER_COLUMNS: &str = "id, name, email, password_hash, disabled, created_ms, updated_ms";
+const TOKEN_COLUMNS: &str = "t.key, t.user_id, t.redacted, t.kind, t.name, t.description, \
+    t.readonly, t.automation, t.bypass_2fa, t.cidr_whitelist, t.packages, t.packages_all, \
+    t.scopes, t.orgs, t.packages_and_scopes_permission, t.orgs_permission, t.created_ms, \
+    t.expires_ms, t.revoked_ms";
+
+fn user_from_row(row: &AnyRow, prefix: &str) -> Result<User, sqlx::Error> {
+    let col = |c: &str| format!("{prefix}{c}");
+    Ok(User {
+        id: row.try_get(col("id").as_str())?,
+        name: row.try_get(col("name").as_str())?,
+        email: row.try_get(col("email").as_str())?,
+        password_hash: row.try_get(col("password_hash").as_str())?,
+        disabled: row.try_get::<i64, _>(col("disabled").as_str())? != 0,
+        created: time(row.try_get(col("created_ms").as_str())?),
+        updated: time(row.try_get(col("updated_ms").as_str())?),
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
+    let get_bool = |c: &str| row.try_get::<i64, _>(c).map(|v| v != 0);
+    let kind: String = row.try_get("kind").map_err(map_err)?;
+    let perm = |c: &str| -> StoreResult<Option<Permission>> {
+        let v: Option<String> = row.try_get(c).map_err(map_err)?;
+        v.map(|s| Permission::parse(&s).with_context(|| format!("bad stored permission {s}")))
+            .transpose()
+            .map_err(StoreError::Other)
+    };
+    let cidr: Option<String> = row.try_get("cidr_whitelist").map_err(map_err)?;
+    let list = |c: &str| -> StoreResult<Vec<String>> {
+        let s: String = row.try_get(c).map_err(map_err)?;
+        parse_list(&s).map_err(StoreError::Other)
+    };
+    Ok(TokenRecord {
+        key: TokenKey(row.try_get("key").map_err(map_err)?),
+        user_id: row.try_get("user_id").map_err(map_err)?,
+        redacted: row.try_get("redacted").map_err(map_err)?,
+        kind: TokenKind::parse(&kind)
+            .with_context(|| format!("bad stored token kind {kind}"))
+            .map_err(StoreError::Other)?,
+        name: row.try_get("name").map_err(map_err)?,
+        description: row.try_get("description").map_err(map_err)?,
+        readonly: get_bool("readonly").map_err(map_err)?,
+        automation: get_bool("automation").map_err(map_err)?,
+        bypass_2fa: get_bool("bypass_2fa").map_err(map_err)?,
+        cidr_whitelist: cidr.map(|s| parse_list(&s)).transpose().map_err(StoreError::Other)?,
+        packages: list("packages")?,
+        packages_all: get_bool("packages_all").map_err(map_err)?,
+        scopes: list("scopes")?,
+        orgs: list("orgs")?,
+        packages_and_scopes_permission: perm("packages_and_scopes_permission")?,
+        orgs_permission: perm("orgs_permission")?,
+        created: time(row.try_get("created_ms").map_err(map_err)?),
+        expires: row.try_get::<Option<i64>, _>("expires_ms").map_err(map_err)?.map(time),
+        revoked: row.try_get::<Option<i64>, _>("revoked_ms").map_err(map_err)?.map(time),
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        let now = ms(Utc::now());
+        let row = sqlx::query(&format!(
+            "INSERT INTO users (name, email, password_hash, disabled, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, 0, $4, $4) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(&user.name)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match map_err(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("user {} exists", user.name)),
+            other => other,
+        })?;
+        user_from_row(&row, "").map_err(map_err)
+    }
+
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| user_from_row(&r, "")).transpose().map_err(map_err)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(|r| user_from_row(r, "")).collect::<Result<_, _>>().map_err(map_err)
+    }
+
+    async fn set_password(
+        &self,
+        user_id: i64,
+        password_hash: &str,
+        revoke_sessions: bool,
+    ) -> StoreResult<u64> {
+        let now = ms(Utc::now());
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let updated = sqlx::query("UPDATE users SET password_hash = $1, updated_ms = $2 WHERE id = $3")
+            .bind(password_hash)
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let mut revoked = 0;
+        if revoke_sessions {
+            revoked = sqlx::query(
+                "UPDATE tokens SET revoked_ms = $1 \
+                 WHERE user_id = $2 AND kind = 'session' AND revoked_ms IS NULL",
+            )
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(revoked)
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO tokens (key, user_id, redacted, kind, name, description, readonly, \
+             automation, bypass_2fa, cidr_whitelist, packages, packages_all, scopes, orgs, \
+             packages_and_scopes_permission, orgs_permission, created_ms, expires_ms, revoked_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, NULL)",
+        )
+        .bind(&t.key.0)
+        .bind(t.user_id)
+        .bind(&t.redacted)
+        .bind(t.kind.as_str())
+        .bind(t.name.as_deref())
+        .bind(t.description.as_deref())
+        .bind(t.readonly as i64)
+        .bind(t.automation as i64)
+        .bind(t.bypass_2fa as i64)
+        .bind(t.cidr_whitelist.as_deref().map(json_list))
+        .bind(json_list(&t.packages))
+        .bind(t.packages_all as i64)
+        .bind(json_list(&t.scopes))
+        .bind(json_list(&t.orgs))
+        .bind(t.packages_and_scopes_permission.map(Permission::as_str))
+        .bind(t.orgs_permission.map(Permission::as_str))
+        .bind(ms(t.created))
+        .bind(t.expires.map(ms))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn token_by_key(&self, key: &TokenKey) -> StoreResult<Option<TokenWithOwner>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS}, u.id AS u_id, u.name AS u_name, u.email AS u_email, \
+             u.password_hash AS u_password_hash, u.disabled AS u_disabled, \
+             u.created_ms AS u_created_ms, u.updated_ms AS u_updated_ms \
+             FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.key = $1"
+        ))
+        .bind(&key.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(TokenWithOwner {
+                token: token_from_row(&row)?,
+                owner: user_from_row(&row, "u_").map_err(map_err)?,
+            })),
+        }
+    }
+
+    async fn count_live_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tokens WHERE user_id = $1 AND kind <> 'session' \
+             AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > $2)",
+        )
+        .bind(user_id)
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.try_get::<i64, _>("n").map_err(map_err)
+    }
+
+    async fn list_tokens(
+        &self,
+        user_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<TokenRecord>, i64)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.user_id = $1 AND t.revoked_ms IS NULL \
+             ORDER BY t.created_ms DESC, t.key LIMIT $2 OFFSET $3"
+        ))
+        .bind(user_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let total = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tokens WHERE user_id = $1 AND revoked_ms IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?
+        .try_get::<i64, _>("n")
+        .map_err(map_err)?;
+        let tokens = rows.iter().map(token_from_row).collect::<StoreResult<_>>()?;
+        Ok((tokens, total))
+    }
+
+    async fn revoke_token(
+        &self,
+        user_id: i64,
+        key: &TokenKey,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_ms = $1 WHERE key = $2 AND user_id = $3 AND revoked_ms IS NULL",
+        )
+        .bind(ms(now))
+        .bind(&key.0)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
