@@ -8,6 +8,7 @@ use crate::registry_path::classify;
 use crate::store::User;
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
@@ -43,10 +44,15 @@ pub struct MaybePrincipal(pub Option<Principal>);
 pub struct ClientAddr(pub IpAddr);
 
 pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
+    let extensions = req.extensions();
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+        .or_else(|| {
+            extensions
+                .get::<MockConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let forwarded = req
         .headers()
@@ -92,7 +98,9 @@ pub async fn identify(
     headers: &HeaderMap,
     client: IpAddr,
 ) -> Result<Option<Principal>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
     let invalid = || {
         ApiError::unauthorized(
             "The Authorization header is neither a Bearer token nor Basic credentials.",
@@ -127,13 +135,18 @@ async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal
         return Err(bad("This token has been revoked."));
     }
     if record.expires.is_some_and(|e| e <= Utc::now()) {
-        return Err(bad("This token has expired: create a new one or log in again."));
+        return Err(bad(
+            "This token has expired: create a new one or log in again.",
+        ));
     }
     if owner.disabled {
         return Err(bad("This account is disabled: ask an administrator."));
     }
     if let Some(list) = &record.cidr_whitelist {
-        let nets: Vec<ipnet::IpNet> = list.iter().filter_map(|c| client_ip::parse_cidr(c)).collect();
+        let nets: Vec<ipnet::IpNet> = list
+            .iter()
+            .filter_map(|c| client_ip::parse_cidr(c))
+            .collect();
         if !client_ip::allowed(client, &nets) {
             tracing::info!(key = key.short(), %client, "refused: address not in the token's CIDR list");
             return Err(ApiError::unauthorized(
@@ -142,7 +155,10 @@ async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal
             ));
         }
     }
-    Ok(Principal { user: owner, credential: Credential::Token(record) })
+    Ok(Principal {
+        user: owner,
+        credential: Credential::Token(Box::new(record)),
+    })
 }
 
 async fn basic(state: &AppState, encoded: &str) -> Result<Principal, ApiError> {
@@ -154,9 +170,16 @@ async fn basic(state: &AppState, encoded: &str) -> Result<Principal, ApiError> {
         .ok_or_else(wrong)?;
     let (name, password) = decoded.split_once(':').ok_or_else(wrong)?;
     let user = state.store.user_by_name(name).await?;
-    let ok = crate::password::verify(password.to_owned(), user.as_ref().map(|u| u.password_hash.clone())).await;
+    let ok = crate::password::verify(
+        password.to_owned(),
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await;
     match user {
-        Some(user) if ok && !user.disabled => Ok(Principal { user, credential: Credential::Password }),
+        Some(user) if ok && !user.disabled => Ok(Principal {
+            user,
+            credential: Credential::Password,
+        }),
         _ => Err(wrong()),
     }
 }
@@ -165,9 +188,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-            ApiError::unauthorized("You must be logged in.", Challenge::Bearer)
-        })
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("You must be logged in.", Challenge::Bearer))
     }
 }
 
@@ -175,7 +200,11 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<MaybePrincipal>().cloned().unwrap_or(MaybePrincipal(None)))
+        Ok(parts
+            .extensions
+            .get::<MaybePrincipal>()
+            .cloned()
+            .unwrap_or(MaybePrincipal(None)))
     }
 }
 

@@ -117,7 +117,11 @@ mod tests {
             (&["198.51.100.7:5555"], "198.51.100.7"),
         ];
         for (headers, want) in cases {
-            let got = resolve("10.0.0.5".parse().unwrap(), headers.iter().copied(), &proxies);
+            let got = resolve(
+                "10.0.0.5".parse().unwrap(),
+                headers.iter().copied(),
+                &proxies,
+            );
             assert_eq!(got, want.parse::<IpAddr>().unwrap(), "{headers:?}");
         }
     }
@@ -132,11 +136,27 @@ mod tests {
 
     #[test]
     fn cidr_entries() {
-        assert_eq!(parse_cidr("10.1.2.3/8"), Some("10.0.0.0/8".parse().unwrap()));
-        assert_eq!(parse_cidr("192.0.2.1"), Some("192.0.2.1/32".parse().unwrap()));
-        assert_eq!(parse_cidr("2001:db8::/32"), Some("2001:db8::/32".parse().unwrap()));
+        assert_eq!(
+            parse_cidr("10.1.2.3/8"),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            parse_cidr("192.0.2.1"),
+            Some("192.0.2.1/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::/32"),
+            Some("2001:db8::/32".parse().unwrap())
+        );
         assert_eq!(parse_cidr("::1"), Some("::1/128".parse().unwrap()));
-        for bad in ["", "bogus", "10.0.0.0/33", "300.1.1.1/8", "::/129", "10.0.0.0/"] {
+        for bad in [
+            "",
+            "bogus",
+            "10.0.0.0/33",
+            "300.1.1.1/8",
+            "::/129",
+            "10.0.0.0/",
+        ] {
             assert_eq!(parse_cidr(bad), None, "{bad}");
         }
         let err = parse_cidr_list(&["10.0.0.0/8".into(), "x".into()]).unwrap_err();

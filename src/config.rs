@@ -93,7 +93,10 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
@@ -125,7 +128,9 @@ impl Config {
         };
         let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
         for (var, value) in &env {
-            let Some(name) = var.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(name) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             if var == ENV_CONFIG_FILE {
                 continue;
             }
@@ -148,12 +153,13 @@ impl Config {
         if let Some(url) = &overrides.database_url {
             table.insert("database_url".into(), url.clone().into());
         }
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::File {
-                path: file.clone().unwrap_or_else(|| "<environment>".into()),
-                message: e.message().to_owned(),
-            }
-        })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::File {
+                    path: file.clone().unwrap_or_else(|| "<environment>".into()),
+                    message: e.message().to_owned(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -170,7 +176,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| {
-            Err(ConfigError::Invalid { key: key.into(), message: message.into() })
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
         };
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")
@@ -180,9 +189,15 @@ impl Config {
         }
         if self.token_prefix.is_empty()
             || self.token_prefix.len() > 16
-            || !self.token_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !self
+                .token_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return invalid("token_prefix", "must be 1 to 16 letters, digits or underscores");
+            return invalid(
+                "token_prefix",
+                "must be 1 to 16 letters, digits or underscores",
+            );
         }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes", "must be at least 1024");
@@ -191,7 +206,10 @@ impl Config {
             return invalid("max_token_expiry_days", "must be at least 1");
         }
         if self.default_token_expiry_days > self.max_token_expiry_days {
-            return invalid("default_token_expiry_days", "must not exceed max_token_expiry_days");
+            return invalid(
+                "default_token_expiry_days",
+                "must not exceed max_token_expiry_days",
+            );
         }
         if self.database_max_connections == 0 {
             return invalid("database_max_connections", "must be at least 1");
@@ -257,7 +275,9 @@ fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn mask_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
@@ -273,7 +293,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -289,7 +312,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nregistration = \"open\"\n").unwrap();
-        let flags = Overrides { config_file: Some(path), ..Default::default() };
+        let flags = Overrides {
+            config_file: Some(path),
+            ..Default::default()
+        };
         let c = Config::load_from(
             &flags,
             env(&[
@@ -303,28 +329,42 @@ mod tests {
         assert_eq!(c.registration, Registration::Open);
         assert_eq!(c.trusted_proxies.len(), 2);
         assert_eq!(c.max_body_bytes, 4096);
-        let flags = Overrides { listen: Some("127.0.0.1:3".parse().unwrap()), ..flags };
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".parse().unwrap()),
+            ..flags
+        };
         let c = Config::load_from(&flags, env(&[("TOKENGATE_LISTEN", "127.0.0.1:2")])).unwrap();
         assert_eq!(c.listen.port(), 3);
     }
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
-        let e = Config::from_toml("listen_addr = \"x\"").unwrap_err().to_string();
+        let e = Config::from_toml("listen_addr = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_addr"), "{e}");
-        let e = Config::from_toml("registration = \"maybe\"").unwrap_err().to_string();
+        let e = Config::from_toml("registration = \"maybe\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("maybe"), "{e}");
-        let e = Config::from_toml("trusted_proxies = [\"10.0.0.300/8\"]").unwrap_err().to_string();
+        let e = Config::from_toml("trusted_proxies = [\"10.0.0.300/8\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid"), "{e}");
         let e = Config::load_from(&Overrides::default(), env(&[("TOKENGATE_NOPE", "1")]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("TOKENGATE_NOPE"), "{e}");
-        let e = Config::load_from(&Overrides::default(), env(&[("TOKENGATE_MAX_BODY_BYTES", "x")]))
+        let e = Config::load_from(
+            &Overrides::default(),
+            env(&[("TOKENGATE_MAX_BODY_BYTES", "x")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TOKENGATE_MAX_BODY_BYTES"), "{e}");
+        let e = Config::from_toml("token_prefix = \"a b\"")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("TOKENGATE_MAX_BODY_BYTES"), "{e}");
-        let e = Config::from_toml("token_prefix = \"a b\"").unwrap_err().to_string();
         assert!(e.contains("token_prefix"), "{e}");
     }
 
@@ -336,7 +376,10 @@ mod tests {
         // Every key is documented in the example.
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for key in defaults.keys() {
-            assert!(text.contains(&format!("\n{key} = ")), "{key} missing from example");
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{key} missing from example"
+            );
         }
     }
 
@@ -347,7 +390,10 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(mask_url_password("sqlite://x.db"), "sqlite://x.db");
-        let c = Config { database_url: "postgres://u:hunter2@h/db".into(), ..Default::default() };
+        let c = Config {
+            database_url: "postgres://u:hunter2@h/db".into(),
+            ..Default::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -35,7 +35,10 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{message}")]
-    Unauthorized { message: String, challenge: Option<Challenge> },
+    Unauthorized {
+        message: String,
+        challenge: Option<Challenge>,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -58,7 +61,10 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>, challenge: Challenge) -> Self {
-        ApiError::Unauthorized { message: message.into(), challenge: Some(challenge) }
+        ApiError::Unauthorized {
+            message: message.into(),
+            challenge: Some(challenge),
+        }
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -114,10 +120,14 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = (status, Json(json!({ "error": message }))).into_response();
-        if let ApiError::Unauthorized { challenge: Some(c), .. } = &self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c.header()));
+        if let ApiError::Unauthorized {
+            challenge: Some(c), ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(c.header()),
+            );
         }
         response
             .headers_mut()

@@ -8,6 +8,7 @@ pub mod error;
 pub mod names;
 pub mod password;
 pub mod policy;
+pub mod probe;
 pub mod registry_path;
 pub mod store;
 pub mod token;
@@ -35,7 +36,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
-        AppState { config: Arc::new(config), store }
+        AppState {
+            config: Arc::new(config),
+            store,
+        }
     }
 }
 
@@ -44,12 +48,20 @@ pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/-/ping", get(api::user::ping))
+        .route("/-/health/live", get(api::user::live))
+        .route("/-/health/ready", get(api::user::ready))
         .route("/-/whoami", get(api::user::whoami))
-        .route("/-/user/{id}", put(api::user::login).get(api::user::user_doc))
+        .route(
+            "/-/user/{id}",
+            put(api::user::login).get(api::user::user_doc),
+        )
         .route("/-/user/{id}/-rev/{rev}", put(api::user::login_rev))
         .route("/-/user/token/{token}", delete(api::user::logout))
         .route("/-/v1/login", post(api::user::web_login_unavailable))
-        .route("/-/npm/v1/tokens", get(api::tokens::list).post(api::tokens::create))
+        .route(
+            "/-/npm/v1/tokens",
+            get(api::tokens::list).post(api::tokens::create),
+        )
         .route("/-/npm/v1/tokens/token/{key}", delete(api::tokens::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -76,7 +88,9 @@ async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Re
     let limit = Duration::from_secs(state.config.request_timeout_secs);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Unavailable("The request took too long; try again.".into()).into_response(),
+        Err(_) => {
+            ApiError::Unavailable("The request took too long; try again.".into()).into_response()
+        }
     }
 }
 

@@ -11,7 +11,11 @@ use tokengate::store::{NewUser, SqlStore, Store};
 use tokengate::AppState;
 
 #[derive(Parser)]
-#[command(name = "tokengate", version, about = "An npm-compatible access-token service")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "An npm-compatible access-token service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +53,14 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Check that the server answers and its database is reachable (exit 0) or not (exit 1).
+    Probe {
+        #[command(flatten)]
+        common: Common,
+        /// Address of the server; defaults to the configured listen address.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
     },
     /// Inspect the configuration.
     Config {
@@ -125,7 +137,10 @@ async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
 fn read_password(from_stdin: bool, min_len: usize) -> anyhow::Result<String> {
     let password = if from_stdin {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("cannot read standard input")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read standard input")?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     } else {
         let first = rpassword::prompt_password("Password: ")?;
@@ -147,7 +162,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -175,12 +191,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokengate::serve(listener, state, shutdown_signal()).await?;
             store.close().await;
         }
+        Command::Probe { common, addr } => {
+            let config = load_config(&common, None)?;
+            let addr = addr.unwrap_or_else(|| tokengate::probe::local_addr(config.listen));
+            tokengate::probe::probe(addr, "/-/health/ready").await?;
+            println!("ok: {addr} is ready");
+        }
         Command::Migrate { common } => {
             let config = load_config(&common, None)?;
             open_store(&config).await?;
             println!("migrations applied");
         }
-        Command::Config { common, command: ConfigCommand::Check } => {
+        Command::Config {
+            common,
+            command: ConfigCommand::Check,
+        } => {
             let config = load_config(&common, None)?;
             print!("{}", config.to_masked_toml());
         }
@@ -194,20 +219,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn user_command(config: &Config, store: &SqlStore, command: UserCommand) -> anyhow::Result<()> {
+async fn user_command(
+    config: &Config,
+    store: &SqlStore,
+    command: UserCommand,
+) -> anyhow::Result<()> {
     match command {
-        UserCommand::Add { name, email, password_stdin } => {
+        UserCommand::Add {
+            name,
+            email,
+            password_stdin,
+        } => {
             tokengate::names::validate_username(&name).map_err(anyhow::Error::msg)?;
             tokengate::names::validate_email(&email).map_err(anyhow::Error::msg)?;
             let password = read_password(password_stdin, config.password_min_length)?;
             let password_hash = tokengate::password::hash(password).await?;
             store
-                .create_user(&NewUser { name: name.clone(), email, password_hash })
+                .create_user(&NewUser {
+                    name: name.clone(),
+                    email,
+                    password_hash,
+                })
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create user {name}: {e}"))?;
             println!("user {name} created");
         }
-        UserCommand::Passwd { name, password_stdin, keep_sessions } => {
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+            keep_sessions,
+        } => {
             let user = store
                 .user_by_name(&name)
                 .await
@@ -222,7 +263,10 @@ async fn user_command(config: &Config, store: &SqlStore, command: UserCommand) -
             println!("password of {name} changed; {revoked} login session(s) revoked");
         }
         UserCommand::List => {
-            let users = store.list_users().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let users = store
+                .list_users()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{:<24} {:<32} {:<8} created", "name", "email", "status");
             for u in users {
                 println!(

@@ -26,9 +26,12 @@ pub fn validate_username(name: &str) -> Result<(), String> {
 pub fn validate_email(email: &str) -> Result<(), String> {
     let ok = email.len() <= 254
         && !email.chars().any(char::is_whitespace)
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'));
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
     if ok {
         Ok(())
     } else {
@@ -46,7 +49,9 @@ fn valid_part(part: &str) -> bool {
     !part.is_empty()
         && !part.starts_with('.')
         && !part.starts_with('_')
-        && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._~".contains(&b))
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._~".contains(&b))
 }
 
 /// A package name per npm's rules: `name` or `@scope/name`, lowercase, URL-safe, ≤ 214 chars.
@@ -74,7 +79,9 @@ pub fn normalize_scope(scope: &str) -> Result<String, String> {
     if valid_part(bare) && bare.len() <= 214 {
         Ok(format!("@{bare}"))
     } else {
-        Err(format!("{scope:?} is not a valid scope: use @ followed by lowercase letters, digits, - . _ ~."))
+        Err(format!(
+            "{scope:?} is not a valid scope: use @ followed by lowercase letters, digits, - . _ ~."
+        ))
     }
 }
 
@@ -84,7 +91,9 @@ pub fn normalize_org(org: &str) -> Result<String, String> {
     if valid_part(bare) && bare.len() <= 214 {
         Ok(bare.to_owned())
     } else {
-        Err(format!("{org:?} is not a valid org name: use lowercase letters, digits, - . _ ~."))
+        Err(format!(
+            "{org:?} is not a valid org name: use lowercase letters, digits, - . _ ~."
+        ))
     }
 }
 
@@ -97,7 +106,15 @@ mod tests {
         for ok in ["alice", "bob-1", "a.b_c", "x~y"] {
             assert!(validate_username(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Alice", ".alice", "al ice", "al/ice", "älice", &"a".repeat(215)] {
+        for bad in [
+            "",
+            "Alice",
+            ".alice",
+            "al ice",
+            "al/ice",
+            "älice",
+            &"a".repeat(215),
+        ] {
             assert!(validate_username(bad).is_err(), "{bad}");
         }
     }
@@ -115,7 +132,20 @@ mod tests {
         for ok in ["lodash", "@acme/x", "a.b", "a-b_c", "@a/b~c"] {
             assert!(validate_package(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Lodash", ".x", "_x", "@acme", "@acme/", "@/x", "a b", "a/b", "node_modules", "@acme/x/y", "x!"] {
+        for bad in [
+            "",
+            "Lodash",
+            ".x",
+            "_x",
+            "@acme",
+            "@acme/",
+            "@/x",
+            "a b",
+            "a/b",
+            "node_modules",
+            "@acme/x/y",
+            "x!",
+        ] {
             assert!(validate_package(bad).is_err(), "{bad}");
         }
     }

@@ -24,7 +24,11 @@ pub async fn verify(password: String, stored: Option<String>) -> bool {
         let found = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
         let ok = PasswordHash::new(&phc)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false);
         ok && found
     })

@@ -46,7 +46,7 @@ pub fn requirement(op: Operation) -> Requirement {
 #[derive(Clone, Debug)]
 pub enum Credential {
     /// A bearer token.
-    Token(TokenRecord),
+    Token(Box<TokenRecord>),
     /// `Authorization: Basic` with the account password: everything the user may do.
     Password,
 }
@@ -103,7 +103,7 @@ mod tests {
     use chrono::Utc;
 
     fn token(kind: TokenKind, readonly: bool) -> Credential {
-        Credential::Token(TokenRecord {
+        Credential::Token(Box::new(TokenRecord {
             key: TokenKey::of("x"),
             user_id: 1,
             redacted: "npm_x".into(),
@@ -123,7 +123,7 @@ mod tests {
             created: Utc::now(),
             expires: None,
             revoked: None,
-        })
+        }))
     }
 
     #[test]
@@ -156,7 +156,11 @@ mod tests {
             (Credential::Password, Write, true),
         ];
         for (cred, access, allowed) in rows {
-            assert_eq!(authorize(&cred, access).is_ok(), allowed, "{cred:?} {access:?}");
+            assert_eq!(
+                authorize(&cred, access).is_ok(),
+                allowed,
+                "{cred:?} {access:?}"
+            );
         }
     }
 
@@ -166,7 +170,8 @@ mod tests {
         assert!(err.0.contains("read-only"), "{}", err.0);
         let err = authorize(&token(TokenKind::Granular, false), Access::ManageTokens).unwrap_err();
         assert!(err.0.starts_with("A granular token"), "{}", err.0);
-        let err = authorize(&token(TokenKind::Automation, false), Access::ManageTokens).unwrap_err();
+        let err =
+            authorize(&token(TokenKind::Automation, false), Access::ManageTokens).unwrap_err();
         assert!(err.0.starts_with("An automation token"), "{}", err.0);
     }
 

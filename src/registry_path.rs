@@ -5,7 +5,7 @@ use axum::http::Method;
 /// The operations tokengate tells apart. Each maps to what it requires in [`crate::policy`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// `GET /-/ping`.
+    /// `GET /-/ping`, `/-/health/live`, `/-/health/ready`: no credentials needed.
     Ping,
     /// `PUT /-/user/org.couchdb.user:NAME` (also `/-rev/REV`): login or adduser.
     Login,
@@ -35,6 +35,7 @@ pub fn classify(method: &Method, path: &str) -> Operation {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["-", "ping"]) => Operation::Ping,
+        (&Method::GET, ["-", "health", "live" | "ready"]) => Operation::Ping,
         (&Method::GET, ["-", "whoami"]) => Operation::Whoami,
         (&Method::PUT, ["-", "user", user, ..]) if is_couch_user(user) => Operation::Login,
         (&Method::GET, ["-", "user", user]) if is_couch_user(user) => Operation::ProfileRead,
@@ -76,23 +77,44 @@ mod tests {
     fn routes_of_the_npm_client() {
         let cases = [
             ("GET", "/-/ping", Operation::Ping),
+            ("GET", "/-/health/ready", Operation::Ping),
             ("GET", "/-/whoami", Operation::Whoami),
             ("PUT", "/-/user/org.couchdb.user:alice", Operation::Login),
             ("PUT", "/-/user/org.couchdb.user%3Aalice", Operation::Login),
-            ("PUT", "/-/user/org.couchdb.user:alice/-rev/3-abc", Operation::Login),
-            ("GET", "/-/user/org.couchdb.user:alice", Operation::ProfileRead),
+            (
+                "PUT",
+                "/-/user/org.couchdb.user:alice/-rev/3-abc",
+                Operation::Login,
+            ),
+            (
+                "GET",
+                "/-/user/org.couchdb.user:alice",
+                Operation::ProfileRead,
+            ),
             ("DELETE", "/-/user/token/npm_abc", Operation::Logout),
             ("POST", "/-/v1/login", Operation::WebLogin),
             ("GET", "/-/npm/v1/tokens", Operation::TokenList),
             ("POST", "/-/npm/v1/tokens", Operation::TokenCreate),
-            ("DELETE", "/-/npm/v1/tokens/token/abc", Operation::TokenRevoke),
+            (
+                "DELETE",
+                "/-/npm/v1/tokens/token/abc",
+                Operation::TokenRevoke,
+            ),
             ("GET", "/-/npm/v1/user", Operation::ProfileRead),
             ("POST", "/-/npm/v1/user", Operation::ProfileWrite),
             ("GET", "/lodash", Operation::Other { read: true }),
             ("HEAD", "/lodash", Operation::Other { read: true }),
             ("PUT", "/lodash", Operation::Other { read: false }),
-            ("DELETE", "/-/npm/v1/tokens", Operation::Other { read: false }),
-            ("GET", "/-/npm/v1/tokens/token/abc", Operation::Other { read: true }),
+            (
+                "DELETE",
+                "/-/npm/v1/tokens",
+                Operation::Other { read: false },
+            ),
+            (
+                "GET",
+                "/-/npm/v1/tokens/token/abc",
+                Operation::Other { read: true },
+            ),
         ];
         for (method, path, want) in cases {
             let m: Method = method.parse().unwrap();
@@ -106,7 +128,10 @@ mod tests {
             redact_path("/-/user/token/npm_abcdefghijklmnop"),
             "/-/user/token/npm_ab…"
         );
-        assert_eq!(redact_path("/-/npm/v1/tokens/token/npm_zzzzzzzz"), "/-/npm/v1/tokens/token/npm_zz…");
+        assert_eq!(
+            redact_path("/-/npm/v1/tokens/token/npm_zzzzzzzz"),
+            "/-/npm/v1/tokens/token/npm_zz…"
+        );
         assert_eq!(redact_path("/-/whoami"), "/-/whoami");
     }
 }

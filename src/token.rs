@@ -96,8 +96,10 @@ impl TokenKey {
 
     /// A 128-character lowercase hex string, as a key arrives in a revoke path.
     pub fn parse_hex(s: &str) -> Option<Self> {
-        (s.len() == 128 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| TokenKey(s.to_owned()))
+        (s.len() == 128
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| TokenKey(s.to_owned()))
     }
 
     /// A short id for logs: enough to find the token, useless to an attacker.
@@ -137,15 +139,24 @@ mod tests {
         let t = PlainToken::generate("npm_");
         let s = t.expose();
         assert_eq!(PlainToken::parse("tg_", s), Err(TokenFormatError::Prefix));
-        assert_eq!(PlainToken::parse("npm_", &s[..s.len() - 1]), Err(TokenFormatError::Length));
+        assert_eq!(
+            PlainToken::parse("npm_", &s[..s.len() - 1]),
+            Err(TokenFormatError::Length)
+        );
         let mut bad = s.to_owned();
         bad.replace_range(5..6, "-");
-        assert_eq!(PlainToken::parse("npm_", &bad), Err(TokenFormatError::Charset));
+        assert_eq!(
+            PlainToken::parse("npm_", &bad),
+            Err(TokenFormatError::Charset)
+        );
         // Change one random character: the checksum no longer matches.
         let mut flipped = s.to_owned().into_bytes();
         flipped[6] = if flipped[6] == b'a' { b'b' } else { b'a' };
         let flipped = String::from_utf8(flipped).unwrap();
-        assert_eq!(PlainToken::parse("npm_", &flipped), Err(TokenFormatError::Checksum));
+        assert_eq!(
+            PlainToken::parse("npm_", &flipped),
+            Err(TokenFormatError::Checksum)
+        );
     }
 
     #[test]

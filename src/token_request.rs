@@ -66,7 +66,13 @@ pub struct TokenSpec {
 }
 
 impl TokenSpec {
-    pub fn into_record(self, key: TokenKey, user_id: i64, redacted: String, now: DateTime<Utc>) -> TokenRecord {
+    pub fn into_record(
+        self,
+        key: TokenKey,
+        user_id: i64,
+        redacted: String,
+        now: DateTime<Utc>,
+    ) -> TokenRecord {
         TokenRecord {
             key,
             user_id,
@@ -111,24 +117,48 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 }
 
 /// Validates a create body into a spec, with a message that says what to fix.
-pub fn validate(body: &CreateTokenBody, limits: ExpiryLimits, now: DateTime<Utc>) -> Result<TokenSpec, String> {
-    let name = body.name.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-    if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_LEN) {
-        return Err(format!("name may be at most {MAX_NAME_LEN} characters long."));
+pub fn validate(
+    body: &CreateTokenBody,
+    limits: ExpiryLimits,
+    now: DateTime<Utc>,
+) -> Result<TokenSpec, String> {
+    let name = body
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    if name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NAME_LEN)
+    {
+        return Err(format!(
+            "name may be at most {MAX_NAME_LEN} characters long."
+        ));
     }
     if body.description.is_some() && body.token_description.is_some() {
         return Err("Give description or token_description, not both.".into());
     }
-    let description = body.description.clone().or_else(|| body.token_description.clone());
-    if description.as_ref().is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN) {
-        return Err(format!("description may be at most {MAX_DESCRIPTION_LEN} characters long."));
+    let description = body
+        .description
+        .clone()
+        .or_else(|| body.token_description.clone());
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
+    {
+        return Err(format!(
+            "description may be at most {MAX_DESCRIPTION_LEN} characters long."
+        ));
     }
 
     let cidr_whitelist = match (&body.cidr_whitelist, &body.cidr) {
         (Some(_), Some(_)) => return Err("Give cidr_whitelist or cidr, not both.".into()),
         (Some(list), None) | (None, Some(list)) => {
             if list.len() > MAX_CIDRS {
-                return Err(format!("A token may have at most {MAX_CIDRS} CIDR entries."));
+                return Err(format!(
+                    "A token may have at most {MAX_CIDRS} CIDR entries."
+                ));
             }
             let nets = client_ip::parse_cidr_list(list)?;
             let nets = dedup(nets.iter().map(ToString::to_string).collect());
@@ -208,7 +238,8 @@ pub fn validate(body: &CreateTokenBody, limits: ExpiryLimits, now: DateTime<Utc>
         // npm: a selection given without a permission is read-only.
         let pkg_perm = selects_packages.then(|| pkg_perm.unwrap_or(Permission::ReadOnly));
         let org_perm = (!orgs.is_empty()).then(|| org_perm.unwrap_or(Permission::ReadOnly));
-        let writes = pkg_perm.is_some_and(Permission::can_write) || org_perm.is_some_and(Permission::can_write);
+        let writes = pkg_perm.is_some_and(Permission::can_write)
+            || org_perm.is_some_and(Permission::can_write);
         if legacy_readonly && writes {
             return Err("readonly cannot be combined with a read-write permission.".into());
         }
@@ -221,7 +252,9 @@ pub fn validate(body: &CreateTokenBody, limits: ExpiryLimits, now: DateTime<Utc>
         (TokenKind::Publish, false, None, None)
     };
     if bypass_2fa && readonly {
-        return Err("bypass_2fa applies only to tokens that can write; this token is read-only.".into());
+        return Err(
+            "bypass_2fa applies only to tokens that can write; this token is read-only.".into(),
+        );
     }
 
     let expires = expiry(body.expires.as_ref(), limits, now)?;
@@ -245,9 +278,15 @@ pub fn validate(body: &CreateTokenBody, limits: ExpiryLimits, now: DateTime<Utc>
 
 /// `expires`: whole days (npm 11 sends a number) or an ISO 8601 time, at least a day ahead
 /// and at most `max_days` ahead.
-fn expiry(value: Option<&serde_json::Value>, limits: ExpiryLimits, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, String> {
+fn expiry(
+    value: Option<&serde_json::Value>,
+    limits: ExpiryLimits,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
     let max = limits.max_days;
-    let range_error = || format!("expires must be a whole number of days from 1 to {max}, or an ISO 8601 time between 1 and {max} days from now.");
+    let range_error = || {
+        format!("expires must be a whole number of days from 1 to {max}, or an ISO 8601 time between 1 and {max} days from now.")
+    };
     let days = |d: u64| -> Result<DateTime<Utc>, String> {
         if d == 0 || d > max as u64 {
             return Err(range_error());
@@ -255,9 +294,12 @@ fn expiry(value: Option<&serde_json::Value>, limits: ExpiryLimits, now: DateTime
         Ok(now + Duration::days(d as i64))
     };
     match value {
-        None | Some(serde_json::Value::Null) => Ok((limits.default_days > 0)
-            .then(|| now + Duration::days(limits.default_days as i64))),
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(days).ok_or_else(range_error)?.map(Some),
+        None | Some(serde_json::Value::Null) => {
+            Ok((limits.default_days > 0).then(|| now + Duration::days(limits.default_days as i64)))
+        }
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(days).ok_or_else(range_error)?.map(Some)
+        }
         Some(serde_json::Value::String(s)) => {
             if let Ok(d) = s.trim().parse::<u64>() {
                 return days(d).map(Some);
@@ -267,7 +309,8 @@ fn expiry(value: Option<&serde_json::Value>, limits: ExpiryLimits, now: DateTime
                 .with_timezone(&Utc);
             // A minute of slack for clocks and the time the request took.
             let slack = Duration::minutes(1);
-            if at + slack < now + Duration::days(1) || at - slack > now + Duration::days(max as i64) {
+            if at + slack < now + Duration::days(1) || at - slack > now + Duration::days(max as i64)
+            {
                 return Err(range_error());
             }
             Ok(Some(at))
@@ -280,7 +323,10 @@ fn expiry(value: Option<&serde_json::Value>, limits: ExpiryLimits, now: DateTime
 mod tests {
     use super::*;
 
-    const LIMITS: ExpiryLimits = ExpiryLimits { max_days: 90, default_days: 0 };
+    const LIMITS: ExpiryLimits = ExpiryLimits {
+        max_days: 90,
+        default_days: 0,
+    };
 
     fn body(json: serde_json::Value) -> CreateTokenBody {
         serde_json::from_value(json).unwrap()
@@ -299,7 +345,8 @@ mod tests {
 
     #[test]
     fn legacy_bodies() {
-        let s = spec(serde_json::json!({"password": "x", "readonly": true, "cidr_whitelist": []})).unwrap();
+        let s = spec(serde_json::json!({"password": "x", "readonly": true, "cidr_whitelist": []}))
+            .unwrap();
         assert_eq!(s.kind, TokenKind::ReadOnly);
         assert!(s.readonly && s.cidr_whitelist.is_none());
         let s = spec(serde_json::json!({"password": "x", "readonly": false, "cidr_whitelist": ["10.1.0.0/16", "10.1.2.3/16"]})).unwrap();
@@ -317,10 +364,14 @@ mod tests {
             "packages": ["foo", "@s/bar"], "scopes": ["@myscope", "other"], "orgs": ["myorg"],
             "packages_and_scopes_permission": "read-write", "orgs_permission": "read-only",
             "expires": 7, "cidr_whitelist": ["10.0.0.0/8", "2001:db8::/32"], "bypass_2fa": true
-        })).unwrap();
+        }))
+        .unwrap();
         assert_eq!(s.kind, TokenKind::Granular);
         assert_eq!(s.scopes, vec!["@myscope", "@other"]);
-        assert_eq!(s.packages_and_scopes_permission, Some(Permission::ReadWrite));
+        assert_eq!(
+            s.packages_and_scopes_permission,
+            Some(Permission::ReadWrite)
+        );
         assert!(!s.readonly && s.bypass_2fa);
         assert!(s.expires.unwrap() > Utc::now() + Duration::days(6));
 
@@ -332,7 +383,10 @@ mod tests {
         assert_eq!(s.packages_and_scopes_permission, Some(Permission::ReadOnly));
         assert!(s.readonly);
         // Org write makes it a write token even with read-only packages.
-        let s = spec(serde_json::json!({"password": "x", "orgs": ["o"], "orgs_permission": "read-write"})).unwrap();
+        let s = spec(
+            serde_json::json!({"password": "x", "orgs": ["o"], "orgs_permission": "read-write"}),
+        )
+        .unwrap();
         assert!(!s.readonly && s.packages_and_scopes_permission.is_none());
         let s = spec(serde_json::json!({"password": "x", "packages_all": true, "packages_and_scopes_permission": "read-write-stage-only"})).unwrap();
         assert!(!s.readonly);
@@ -341,30 +395,61 @@ mod tests {
     #[test]
     fn refusals_say_what_is_wrong() {
         let cases = [
-            (serde_json::json!({"cidr_whitelist": ["bogus"]}), "CIDR whitelist contains invalid CIDR entry: bogus"),
+            (
+                serde_json::json!({"cidr_whitelist": ["bogus"]}),
+                "CIDR whitelist contains invalid CIDR entry: bogus",
+            ),
             (serde_json::json!({"expires": 0}), "expires must be"),
             (serde_json::json!({"expires": 91}), "expires must be"),
             (serde_json::json!({"expires": -1}), "expires must be"),
             (serde_json::json!({"expires": 1.5}), "expires must be"),
             (serde_json::json!({"expires": "soon"}), "expires must be"),
-            (serde_json::json!({"expires": "2000-01-01T00:00:00Z"}), "expires must be"),
-            (serde_json::json!({"packages": ["Bad Name"]}), "not a valid package name"),
+            (
+                serde_json::json!({"expires": "2000-01-01T00:00:00Z"}),
+                "expires must be",
+            ),
+            (
+                serde_json::json!({"packages": ["Bad Name"]}),
+                "not a valid package name",
+            ),
             (serde_json::json!({"scopes": ["@"]}), "not a valid scope"),
-            (serde_json::json!({"packages": ["x"], "packages_and_scopes_permission": "admin"}), "packages_and_scopes_permission must be one of"),
-            (serde_json::json!({"packages_and_scopes_permission": "read-write"}), "no packages"),
-            (serde_json::json!({"orgs_permission": "read-write"}), "no orgs"),
-            (serde_json::json!({"readonly": true, "automation": true}), "both read-only and automation"),
-            (serde_json::json!({"readonly": true, "bypass_2fa": true}), "bypass_2fa"),
-            (serde_json::json!({"name": "x".repeat(129)}), "name may be at most"),
+            (
+                serde_json::json!({"packages": ["x"], "packages_and_scopes_permission": "admin"}),
+                "packages_and_scopes_permission must be one of",
+            ),
+            (
+                serde_json::json!({"packages_and_scopes_permission": "read-write"}),
+                "no packages",
+            ),
+            (
+                serde_json::json!({"orgs_permission": "read-write"}),
+                "no orgs",
+            ),
+            (
+                serde_json::json!({"readonly": true, "automation": true}),
+                "both read-only and automation",
+            ),
+            (
+                serde_json::json!({"readonly": true, "bypass_2fa": true}),
+                "bypass_2fa",
+            ),
+            (
+                serde_json::json!({"name": "x".repeat(129)}),
+                "name may be at most",
+            ),
         ];
         for (json, want) in cases {
             let err = spec(json.clone()).unwrap_err();
             assert!(err.contains(want), "{json}: {err}");
         }
         let many: Vec<String> = (0..51).map(|i| format!("p{i}")).collect();
-        assert!(spec(serde_json::json!({"packages": many})).unwrap_err().contains("at most 50"));
+        assert!(spec(serde_json::json!({"packages": many}))
+            .unwrap_err()
+            .contains("at most 50"));
         let orgs: Vec<String> = (0..51).map(|i| format!("o{i}")).collect();
-        assert!(spec(serde_json::json!({"orgs": orgs})).unwrap_err().contains("at most 50 orgs"));
+        assert!(spec(serde_json::json!({"orgs": orgs}))
+            .unwrap_err()
+            .contains("at most 50 orgs"));
     }
 
     #[test]
@@ -375,13 +460,18 @@ mod tests {
         assert!(s.expires.is_some());
         let s = validate(&body(serde_json::json!({"expires": "30"})), LIMITS, now).unwrap();
         assert_eq!(s.expires, Some(now + Duration::days(30)));
-        let defaults = ExpiryLimits { max_days: 90, default_days: 7 };
+        let defaults = ExpiryLimits {
+            max_days: 90,
+            default_days: 7,
+        };
         let s = validate(&body(serde_json::json!({})), defaults, now).unwrap();
         assert_eq!(s.expires, Some(now + Duration::days(7)));
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_json::from_value::<CreateTokenBody>(serde_json::json!({"pasword": "x"})).is_err());
+        assert!(
+            serde_json::from_value::<CreateTokenBody>(serde_json::json!({"pasword": "x"})).is_err()
+        );
     }
 }

@@ -21,7 +21,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("The request body is larger than this server accepts.".into())
+                ApiError::PayloadTooLarge(
+                    "The request body is larger than this server accepts.".into(),
+                )
             } else {
                 ApiError::bad_request("The request body could not be read.")
             }
@@ -95,11 +97,17 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field_and_hide_the_value() {
-        let e = parse_json::<B>(br#"{"password": "x", "flag": "hunter2"}"#).unwrap_err().to_string();
+        let e = parse_json::<B>(br#"{"password": "x", "flag": "hunter2"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`flag`") && !e.contains("hunter2"), "{e}");
-        let e = parse_json::<B>(br#"{"password": 12345678}"#).unwrap_err().to_string();
+        let e = parse_json::<B>(br#"{"password": 12345678}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("12345678"), "{e}");
-        let e = parse_json::<B>(br#"{"password": "x", "nope": 1}"#).unwrap_err().to_string();
+        let e = parse_json::<B>(br#"{"password": "x", "nope": 1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `nope`"), "{e}");
         let e = parse_json::<B>(b"{").unwrap_err().to_string();
         assert!(e.contains("Invalid JSON body"), "{e}");

@@ -46,7 +46,11 @@ pub fn token_json(t: &TokenRecord, shown: &str) -> Value {
 }
 
 /// Generates a token for `spec`, stores it, and returns the secret with its record.
-async fn issue(state: &AppState, user: &User, spec: TokenSpec) -> Result<(PlainToken, TokenRecord), ApiError> {
+async fn issue(
+    state: &AppState,
+    user: &User,
+    spec: TokenSpec,
+) -> Result<(PlainToken, TokenRecord), ApiError> {
     let prefix = &state.config.token_prefix;
     let token = PlainToken::generate(prefix);
     let record = spec.into_record(token.key(), user.id, token.redacted(prefix), Utc::now());
@@ -55,7 +59,10 @@ async fn issue(state: &AppState, user: &User, spec: TokenSpec) -> Result<(PlainT
 }
 
 /// A session token for `npm login`.
-pub async fn issue_session(state: &AppState, user: &User) -> Result<(PlainToken, TokenRecord), ApiError> {
+pub async fn issue_session(
+    state: &AppState,
+    user: &User,
+) -> Result<(PlainToken, TokenRecord), ApiError> {
     let hours = state.config.session_expiry_hours;
     let spec = TokenSpec {
         kind: TokenKind::Session,
@@ -83,14 +90,24 @@ pub struct ListParams {
     per_page: Option<String>,
 }
 
-fn parse_param(name: &str, value: Option<&str>, default: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+fn parse_param(
+    name: &str,
+    value: Option<&str>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     match value {
         None => Ok(default),
         Some(v) => v
             .parse::<i64>()
             .ok()
             .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a whole number from {min} to {max}."))),
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be a whole number from {min} to {max}."
+                ))
+            }),
     }
 }
 
@@ -102,7 +119,13 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = query.map_err(|_| ApiError::bad_request("Invalid query string."))?;
     let page = parse_param("page", params.page.as_deref(), 0, 0, i64::from(u32::MAX))?;
-    let per_page = parse_param("perPage", params.per_page.as_deref(), DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)?;
+    let per_page = parse_param(
+        "perPage",
+        params.per_page.as_deref(),
+        DEFAULT_PER_PAGE,
+        1,
+        MAX_PER_PAGE,
+    )?;
     let (tokens, total) = state
         .store
         .list_tokens(principal.user.id, page * per_page, per_page)
@@ -110,7 +133,9 @@ pub async fn list(
     let objects: Vec<Value> = tokens.iter().map(|t| token_json(t, &t.redacted)).collect();
     let next = ((page + 1) * per_page < total)
         .then(|| format!("/-/npm/v1/tokens?page={}&perPage={per_page}", page + 1));
-    Ok(Json(json!({ "objects": objects, "total": total, "urls": { "next": next } })))
+    Ok(Json(
+        json!({ "objects": objects, "total": total, "urls": { "next": next } }),
+    ))
 }
 
 /// `POST /-/npm/v1/tokens`: needs the account password every time.
@@ -130,10 +155,19 @@ pub async fn create(
         && crate::password::verify(password, Some(principal.user.password_hash.clone())).await;
     if !ok {
         tracing::info!(user = %principal.user.name, %client, "token create refused: wrong password");
-        return Err(ApiError::unauthorized("Incorrect or missing password.", Challenge::Basic));
+        return Err(ApiError::unauthorized(
+            "Incorrect or missing password.",
+            Challenge::Basic,
+        ));
     }
     let max = i64::from(state.config.max_tokens_per_user);
-    if spec.kind != TokenKind::Session && state.store.count_live_tokens(principal.user.id, Utc::now()).await? >= max {
+    if spec.kind != TokenKind::Session
+        && state
+            .store
+            .count_live_tokens(principal.user.id, Utc::now())
+            .await?
+            >= max
+    {
         return Err(ApiError::forbidden(format!(
             "You already have {max} tokens, the most one account may hold: revoke some with npm token revoke."
         )));
@@ -143,7 +177,11 @@ pub async fn create(
         user = %principal.user.name, key = record.key.short(), kind = record.kind.as_str(), %client,
         "token created"
     );
-    Ok((StatusCode::CREATED, Json(token_json(&record, token.expose()))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(token_json(&record, token.expose())),
+    )
+        .into_response())
 }
 
 /// `DELETE /-/npm/v1/tokens/token/KEY-OR-TOKEN`: only the caller's own tokens.
@@ -153,7 +191,10 @@ pub async fn revoke(
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     let key = TokenKey::parse_hex(&id).unwrap_or_else(|| TokenKey::of(&id));
-    let revoked = state.store.revoke_token(principal.user.id, &key, Utc::now()).await?;
+    let revoked = state
+        .store
+        .revoke_token(principal.user.id, &key, Utc::now())
+        .await?;
     if !revoked {
         return Err(ApiError::not_found(
             "No token of yours has that id or value: see npm token list.",

@@ -45,7 +45,9 @@ fn user_from_id(id: &str) -> Result<String, ApiError> {
         .map(|_| &id[COUCH_PREFIX.len()..])
         .ok_or_else(|| ApiError::not_found("Not found."))?;
     if name.is_empty() {
-        return Err(ApiError::bad_request("The user name is missing from the path."));
+        return Err(ApiError::bad_request(
+            "The user name is missing from the path.",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -78,7 +80,9 @@ async fn login_or_adduser(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = user_from_id(&id)?;
     if body.name.as_deref().is_some_and(|n| n != name) {
-        return Err(ApiError::bad_request("The name in the body differs from the name in the path."));
+        return Err(ApiError::bad_request(
+            "The name in the body differs from the name in the path.",
+        ));
     }
     let password = body
         .password
@@ -98,7 +102,9 @@ async fn login_or_adduser(
                 return Err(wrong());
             }
             if user.disabled {
-                return Err(ApiError::forbidden("This account is disabled: ask an administrator."));
+                return Err(ApiError::forbidden(
+                    "This account is disabled: ask an administrator.",
+                ));
             }
             user
         }
@@ -141,12 +147,20 @@ async fn adduser(
     names::validate_email(email).map_err(ApiError::BadRequest)?;
     let min = state.config.password_min_length;
     if password.chars().count() < min {
-        return Err(ApiError::bad_request(format!("The password must be at least {min} characters long.")));
+        return Err(ApiError::bad_request(format!(
+            "The password must be at least {min} characters long."
+        )));
     }
-    let password_hash = crate::password::hash(password).await.map_err(ApiError::Internal)?;
+    let password_hash = crate::password::hash(password)
+        .await
+        .map_err(ApiError::Internal)?;
     let created = state
         .store
-        .create_user(&NewUser { name: name.into(), email: email.into(), password_hash })
+        .create_user(&NewUser {
+            name: name.into(),
+            email: email.into(),
+            password_hash,
+        })
         .await;
     match created {
         Ok(user) => {
@@ -195,7 +209,9 @@ pub async fn logout(
     if parsed.is_err() {
         return Ok(ok);
     }
-    let Some(found) = state.store.token_by_key(&key).await? else { return Ok(ok) };
+    let Some(found) = state.store.token_by_key(&key).await? else {
+        return Ok(ok);
+    };
     if found.token.revoked.is_some() {
         return Ok(ok);
     }
@@ -209,7 +225,10 @@ pub async fn logout(
     if !is_callers && !is_bearer {
         return Err(ApiError::forbidden("You can only log out your own tokens."));
     }
-    state.store.revoke_token(found.owner.id, &key, Utc::now()).await?;
+    state
+        .store
+        .revoke_token(found.owner.id, &key, Utc::now())
+        .await?;
     tracing::info!(user = %found.owner.name, key = key.short(), "logged out");
     Ok(ok)
 }
@@ -224,7 +243,20 @@ pub async fn ping() -> Json<Value> {
     Json(json!({}))
 }
 
+/// `GET /-/health/live`: the process answers.
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /-/health/ready`: the database answers too.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.store.ping().await?;
+    Ok(Json(json!({ "status": "ok", "database": "ok" })))
+}
+
 /// `POST /-/v1/login`: web login is not offered, so npm falls back to username and password.
 pub async fn web_login_unavailable() -> ApiError {
-    ApiError::not_found("Web login is not enabled on this registry; use npm login --auth-type=legacy.")
+    ApiError::not_found(
+        "Web login is not enabled on this registry; use npm login --auth-type=legacy.",
+    )
 }

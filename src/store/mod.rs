@@ -184,6 +184,10 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> StoreResult<(Vec<TokenRecord>, i64)>;
     /// Revokes one of the user's tokens; false when it is unknown, not theirs or already revoked.
-    async fn revoke_token(&self, user_id: i64, key: &TokenKey, now: DateTime<Utc>)
-        -> StoreResult<bool>;
+    async fn revoke_token(
+        &self,
+        user_id: i64,
+        key: &TokenKey,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 }

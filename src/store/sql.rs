@@ -41,18 +41,28 @@ impl SqlStore {
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
         }
-        let pool = options
-            .connect(&url)
-            .await
-            .with_context(|| format!("cannot open database {}", crate::config::mask_url_password(&url)))?;
+        let pool = options.connect(&url).await.with_context(|| {
+            format!(
+                "cannot open database {}",
+                crate::config::mask_url_password(&url)
+            )
+        })?;
         let store = SqlStore { pool, backend };
         store.migrate().await?;
         Ok(store)
@@ -68,7 +78,10 @@ impl SqlStore {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        migrator.run(&self.pool).await.context("migrations failed")?;
+        migrator
+            .run(&self.pool)
+            .await
+            .context("migrations failed")?;
         Ok(())
     }
 
@@ -179,7 +192,10 @@ fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
         readonly: get_bool("readonly").map_err(map_err)?,
         automation: get_bool("automation").map_err(map_err)?,
         bypass_2fa: get_bool("bypass_2fa").map_err(map_err)?,
-        cidr_whitelist: cidr.map(|s| parse_list(&s)).transpose().map_err(StoreError::Other)?,
+        cidr_whitelist: cidr
+            .map(|s| parse_list(&s))
+            .transpose()
+            .map_err(StoreError::Other)?,
         packages: list("packages")?,
         packages_all: get_bool("packages_all").map_err(map_err)?,
         scopes: list("scopes")?,
@@ -187,15 +203,24 @@ fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
         packages_and_scopes_permission: perm("packages_and_scopes_permission")?,
         orgs_permission: perm("orgs_permission")?,
         created: time(row.try_get("created_ms").map_err(map_err)?),
-        expires: row.try_get::<Option<i64>, _>("expires_ms").map_err(map_err)?.map(time),
-        revoked: row.try_get::<Option<i64>, _>("revoked_ms").map_err(map_err)?.map(time),
+        expires: row
+            .try_get::<Option<i64>, _>("expires_ms")
+            .map_err(map_err)?
+            .map(time),
+        revoked: row
+            .try_get::<Option<i64>, _>("revoked_ms")
+            .map_err(map_err)?
+            .map(time),
     })
 }
 
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -224,7 +249,9 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        row.map(|r| user_from_row(&r, "")).transpose().map_err(map_err)
+        row.map(|r| user_from_row(&r, ""))
+            .transpose()
+            .map_err(map_err)
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
@@ -232,7 +259,10 @@ impl Store for SqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter().map(|r| user_from_row(r, "")).collect::<Result<_, _>>().map_err(map_err)
+        rows.iter()
+            .map(|r| user_from_row(r, ""))
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
     }
 
     async fn set_password(
@@ -243,13 +273,14 @@ impl Store for SqlStore {
     ) -> StoreResult<u64> {
         let now = ms(Utc::now());
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let updated = sqlx::query("UPDATE users SET password_hash = $1, updated_ms = $2 WHERE id = $3")
-            .bind(password_hash)
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let updated =
+            sqlx::query("UPDATE users SET password_hash = $1, updated_ms = $2 WHERE id = $3")
+                .bind(password_hash)
+                .bind(now)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -360,7 +391,10 @@ impl Store for SqlStore {
         .map_err(map_err)?
         .try_get::<i64, _>("n")
         .map_err(map_err)?;
-        let tokens = rows.iter().map(token_from_row).collect::<StoreResult<_>>()?;
+        let tokens = rows
+            .iter()
+            .map(token_from_row)
+            .collect::<StoreResult<_>>()?;
         Ok((tokens, total))
     }
 

@@ -37,13 +37,23 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = format!("sqlite://{}", dir.path().join("tokengate.db").display());
-                TestDb { url, backend, _dir: Some(dir), pg_name: None }
+                TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg_name: None,
+                }
             }
             Backend::Postgres => {
                 let name = format!("tg_test_{}", uuid::Uuid::new_v4().simple());
                 pg_admin(&format!("CREATE DATABASE {name}"));
                 let url = format!("{}/{name}", postgres_server_url());
-                TestDb { url, backend, _dir: None, pg_name: Some(name) }
+                TestDb {
+                    url,
+                    backend,
+                    _dir: None,
+                    pg_name: Some(name),
+                }
             }
         }
     }
@@ -96,7 +106,12 @@ pub fn cli(db: &TestDb, args: &[&str], stdin: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run tokengate");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -110,7 +125,14 @@ pub fn cli(db: &TestDb, args: &[&str], stdin: &str) -> String {
 pub fn add_user(db: &TestDb, name: &str, password: &str) {
     cli(
         db,
-        &["user", "add", name, "--email", &format!("{name}@example.com"), "--password-stdin"],
+        &[
+            "user",
+            "add",
+            name,
+            "--email",
+            &format!("{name}@example.com"),
+            "--password-stdin",
+        ],
         &format!("{password}\n"),
     );
 }
@@ -157,7 +179,11 @@ impl Server {
         let addr = rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("tokengate did not start: {:?}", log.lock().unwrap()));
-        Server { base: format!("http://{addr}"), child, log }
+        Server {
+            base: format!("http://{addr}"),
+            child,
+            log,
+        }
     }
 
     /// Every log line the server wrote so far.

@@ -1,0 +1,1129 @@
+//! Every HTTP endpoint, in process (no socket), on SQLite and on PostgreSQL.
+
+mod common;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use base64::Engine;
+use chrono::{Duration, Utc};
+use common::{Backend, TestDb, BACKENDS};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokengate::config::{Config, Registration};
+use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind, TokenRecord};
+use tokengate::token::PlainToken;
+use tokengate::AppState;
+use tower::ServiceExt;
+
+const PW: &str = "correct horse battery";
+const LOCAL: &str = "127.0.0.1:40000";
+
+struct Harness {
+    state: AppState,
+    store: Arc<SqlStore>,
+    _db: TestDb,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn error(&self) -> &str {
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {}", self.body))
+    }
+
+    fn challenge(&self) -> Option<&str> {
+        self.headers
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn harness(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Harness {
+    let db = TestDb::new(backend);
+    let mut config = Config {
+        database_url: db.url.clone(),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let store = Arc::new(
+        SqlStore::connect(
+            &db.url,
+            &PoolSettings {
+                max_connections: 5,
+                acquire_timeout: std::time::Duration::from_secs(2),
+            },
+        )
+        .await
+        .expect("store"),
+    );
+    for name in ["alice", "bob"] {
+        let password_hash = tokengate::password::hash(PW.into()).await.unwrap();
+        store
+            .create_user(&NewUser {
+                name: name.into(),
+                email: format!("{name}@example.com"),
+                password_hash,
+            })
+            .await
+            .unwrap();
+    }
+    Harness {
+        state: AppState::new(config, store.clone()),
+        store,
+        _db: db,
+    }
+}
+
+impl Harness {
+    async fn call_from(
+        &self,
+        peer: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Body>,
+    ) -> Answer {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let app = tokengate::app(self.state.clone()).layer(MockConnectInfo(peer));
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let has_body = body.is_some();
+        if has_body {
+            req = req.header("content-type", "application/json");
+        }
+        let response = app
+            .oneshot(req.body(body.unwrap_or_else(Body::empty)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        self.call_from(
+            LOCAL,
+            method,
+            path,
+            &headers,
+            body.map(|b| Body::from(b.to_string())),
+        )
+        .await
+    }
+
+    async fn login(&self, name: &str) -> String {
+        let a = self
+            .call(
+                Method::PUT,
+                &format!("/-/user/org.couchdb.user:{name}"),
+                None,
+                Some(json!({"name": name, "password": PW})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        a.body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn create(&self, session: &str, body: Value) -> Answer {
+        self.call(Method::POST, "/-/npm/v1/tokens", Some(session), Some(body))
+            .await
+    }
+
+    async fn create_ok(&self, session: &str, mut body: Value) -> String {
+        body["password"] = json!(PW);
+        let a = self.create(session, body).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        a.body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn whoami(&self, token: &str) -> Answer {
+        self.call(Method::GET, "/-/whoami", Some(token), None).await
+    }
+
+    async fn list_all(&self, token: &str) -> Vec<Value> {
+        let a = self
+            .call(
+                Method::GET,
+                "/-/npm/v1/tokens?perPage=9999",
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        a.body["objects"].as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn login_whoami_and_ping() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let a = h.call(Method::GET, "/-/ping", None, None).await;
+        assert_eq!((a.status, a.body.clone()), (StatusCode::OK, json!({})));
+
+        let token = h.login("alice").await;
+        assert!(token.starts_with("npm_") && token.len() == 40, "{token}");
+        let a = h.whoami(&token).await;
+        assert_eq!(a.body, json!({"username": "alice"}));
+
+        // Wrong password and unknown user: the same 401, no challenge that hides the text.
+        let wrong = h
+            .call(
+                Method::PUT,
+                "/-/user/org.couchdb.user:alice",
+                None,
+                Some(json!({"name": "alice", "password": "nope"})),
+            )
+            .await;
+        let unknown = h
+            .call(
+                Method::PUT,
+                "/-/user/org.couchdb.user:carol",
+                None,
+                Some(json!({"name": "carol", "password": "nope"})),
+            )
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            (wrong.status, wrong.body.clone()),
+            (unknown.status, unknown.body.clone())
+        );
+
+        // A stale bearer does not stop a login; the conflict retry path works too.
+        let a = h
+            .call(
+                Method::PUT,
+                "/-/user/org.couchdb.user:alice/-rev/3-abc",
+                Some("npm_stale"),
+                Some(json!({"name": "alice", "password": PW, "_rev": "3-abc"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+
+        // Basic credentials work wherever a token does.
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("alice:{PW}"))
+        );
+        let a = h
+            .call_from(
+                LOCAL,
+                Method::GET,
+                "/-/whoami",
+                &[("authorization", &basic)],
+                None,
+            )
+            .await;
+        assert_eq!(a.body, json!({"username": "alice"}));
+        let bad = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:x")
+        );
+        let a = h
+            .call_from(
+                LOCAL,
+                Method::GET,
+                "/-/whoami",
+                &[("authorization", &bad)],
+                None,
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Basic"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn unauthenticated_and_invalid_tokens_get_bearer_challenges() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let a = h.call(Method::GET, "/-/whoami", None, None).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Bearer"))
+        );
+        assert!(a.error().contains("npm login"));
+
+        let token = h.login("alice").await;
+        // One flipped character: the checksum fails before any lookup.
+        let mut bad = token.clone().into_bytes();
+        bad[10] = if bad[10] == b'x' { b'y' } else { b'x' };
+        let bad = String::from_utf8(bad).unwrap();
+        for t in [
+            bad.as_str(),
+            "garbage",
+            "npm_",
+            PlainToken::generate("npm_").expose(),
+        ] {
+            let a = h.whoami(t).await;
+            assert_eq!(
+                (a.status, a.challenge()),
+                (StatusCode::UNAUTHORIZED, Some("Bearer")),
+                "{t}"
+            );
+        }
+        for header in ["Token x", "Bearer", "Basic !!!", "Basic eA=="] {
+            let a = h
+                .call_from(
+                    LOCAL,
+                    Method::GET,
+                    "/-/whoami",
+                    &[("authorization", header)],
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{header}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn adduser_follows_the_registration_setting() {
+    for backend in BACKENDS {
+        let closed = harness(backend, |_| {}).await;
+        let body = json!({"_id": "org.couchdb.user:carol", "name": "carol", "password": PW, "email": "c@example.com", "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
+        let a = closed
+            .call(
+                Method::PUT,
+                "/-/user/org.couchdb.user:carol",
+                None,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert!(a.error().contains("administrator"), "{}", a.error());
+        // adduser of an existing name with its password is a login.
+        let a = closed
+            .call(
+                Method::PUT,
+                "/-/user/org.couchdb.user:alice",
+                None,
+                Some(json!({"name": "alice", "password": PW, "email": "x@example.com"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+
+        let open = harness(backend, |c| c.registration = Registration::Open).await;
+        let a = open
+            .call(
+                Method::PUT,
+                "/-/user/org.couchdb.user:carol",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let token = a.body["token"].as_str().unwrap();
+        assert_eq!(open.whoami(token).await.body, json!({"username": "carol"}));
+
+        for (name, email, password, want) in [
+            ("Dave", "d@example.com", PW, "lowercase"),
+            ("dave", "not-an-email", PW, "e-mail"),
+            ("dave", "d@example.com", "short", "at least 8"),
+        ] {
+            let a = open
+                .call(
+                    Method::PUT,
+                    &format!("/-/user/org.couchdb.user:{name}"),
+                    None,
+                    Some(json!({"name": name, "password": password, "email": email})),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}");
+            assert!(a.error().contains(want), "{}", a.error());
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_4xx() {
+    for backend in BACKENDS {
+        let h = harness(backend, |c| c.max_body_bytes = 2048).await;
+        let session = h.login("alice").await;
+        let raw = |body: &'static str| Some(Body::from(body));
+        let auth = format!("Bearer {session}");
+        let cases: Vec<(Method, &str, Option<Body>, StatusCode, &str)> = vec![
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                raw("{"),
+                StatusCode::BAD_REQUEST,
+                "Invalid JSON",
+            ),
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                raw(""),
+                StatusCode::BAD_REQUEST,
+                "required",
+            ),
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                raw("[]"),
+                StatusCode::BAD_REQUEST,
+                "Invalid JSON",
+            ),
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                raw(r#"{"password": 5}"#),
+                StatusCode::BAD_REQUEST,
+                "`password`",
+            ),
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                raw(r#"{"password": "x", "readonly": "yes"}"#),
+                StatusCode::BAD_REQUEST,
+                "`readonly`",
+            ),
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                raw(r#"{"password": "x", "colour": "red"}"#),
+                StatusCode::BAD_REQUEST,
+                "unknown field `colour`",
+            ),
+            (
+                Method::POST,
+                "/-/npm/v1/tokens",
+                Some(Body::from(format!(r#"{{"name": "{}"}}"#, "x".repeat(4096)))),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "larger",
+            ),
+            (
+                Method::PUT,
+                "/-/user/org.couchdb.user:alice",
+                raw(r#"{"name": "bob", "password": "x"}"#),
+                StatusCode::BAD_REQUEST,
+                "differs",
+            ),
+            (
+                Method::PUT,
+                "/-/user/org.couchdb.user:alice",
+                raw(r#"{"name": "alice"}"#),
+                StatusCode::BAD_REQUEST,
+                "password is required",
+            ),
+            (
+                Method::PUT,
+                "/-/user/org.couchdb.user:alice",
+                raw(r#"{"name": "alice", "password": "x", "admin": true}"#),
+                StatusCode::BAD_REQUEST,
+                "unknown field",
+            ),
+            (
+                Method::PUT,
+                "/-/user/org.couchdb.user:",
+                raw(r#"{"password": "x"}"#),
+                StatusCode::BAD_REQUEST,
+                "missing",
+            ),
+            (
+                Method::PUT,
+                "/-/user/somebody",
+                raw(r#"{"password": "x"}"#),
+                StatusCode::NOT_FOUND,
+                "Not found",
+            ),
+            (
+                Method::GET,
+                "/-/npm/v1/tokens?perPage=0",
+                None,
+                StatusCode::BAD_REQUEST,
+                "perPage",
+            ),
+            (
+                Method::GET,
+                "/-/npm/v1/tokens?page=-1",
+                None,
+                StatusCode::BAD_REQUEST,
+                "page",
+            ),
+            (
+                Method::GET,
+                "/-/npm/v1/tokens?page=x",
+                None,
+                StatusCode::BAD_REQUEST,
+                "page",
+            ),
+            (
+                Method::GET,
+                "/-/no/such/thing",
+                None,
+                StatusCode::NOT_FOUND,
+                "no such endpoint",
+            ),
+            (
+                Method::PATCH,
+                "/-/npm/v1/tokens",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+            ),
+            (
+                Method::DELETE,
+                "/-/npm/v1/tokens/token/%zz",
+                None,
+                StatusCode::NOT_FOUND,
+                "npm token list",
+            ),
+            (
+                Method::DELETE,
+                "/-/npm/v1/tokens/token/%FF%FE",
+                None,
+                StatusCode::BAD_REQUEST,
+                "Invalid path",
+            ),
+        ];
+        for (method, path, body, status, want) in cases {
+            let a = h
+                .call_from(
+                    LOCAL,
+                    method.clone(),
+                    path,
+                    &[("authorization", &auth)],
+                    body,
+                )
+                .await;
+            assert_eq!(a.status, status, "{method} {path}: {}", a.body);
+            assert!(a.error().contains(want), "{method} {path}: {}", a.error());
+        }
+    }
+}
+
+#[tokio::test]
+async fn token_create_in_every_shape() {
+    for backend in BACKENDS {
+        let h = harness(backend, |c| c.max_token_expiry_days = 90).await;
+        let session = h.login("alice").await;
+
+        // npm 11's bare create: a full-permission token, shown once.
+        let a = h
+            .create(&session, json!({"name": null, "password": PW}))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let token = a.body["token"].as_str().unwrap();
+        assert_eq!(a.body["type"], "publish");
+        assert_eq!(a.body["key"].as_str().unwrap().len(), 128);
+        assert_eq!(h.whoami(token).await.body, json!({"username": "alice"}));
+
+        // npm 11's flags.
+        let a = h
+            .create(&session, json!({"name": "ci", "password": PW, "expires": 30, "cidr_whitelist": ["127.0.0.1/32"], "token_description": "for CI"}))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(a.body["name"], "ci");
+        assert_eq!(a.body["description"], "for CI");
+        assert_eq!(a.body["cidr_whitelist"], json!(["127.0.0.1/32"]));
+        assert_eq!(a.body["cidr"], json!(["127.0.0.1/32"]));
+        let expires =
+            chrono::DateTime::parse_from_rfc3339(a.body["expires"].as_str().unwrap()).unwrap();
+        assert!(
+            (expires.with_timezone(&Utc) - (Utc::now() + Duration::days(30)))
+                .num_seconds()
+                .abs()
+                < 60
+        );
+
+        // Legacy read-only, granular, automation.
+        let a = h
+            .create(
+                &session,
+                json!({"password": PW, "readonly": true, "cidr_whitelist": []}),
+            )
+            .await;
+        assert_eq!(
+            (
+                a.body["readonly"].clone(),
+                a.body["type"].clone(),
+                a.body["cidr_whitelist"].clone()
+            ),
+            (json!(true), json!("read-only"), Value::Null)
+        );
+        let a = h
+            .create(&session, json!({"name": "gat", "password": PW, "packages": ["foo", "@s/bar"], "scopes": ["acme"], "orgs": ["myorg"], "packages_and_scopes_permission": "read-write", "orgs_permission": "read-only", "bypass_2fa": true, "expires": 7}))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(a.body["type"], "granular");
+        assert_eq!(a.body["scopes"], json!(["@acme"]));
+        assert_eq!(a.body["bypass_2fa"], json!(true));
+        let a = h
+            .create(&session, json!({"password": PW, "automation": true}))
+            .await;
+        assert_eq!(
+            (a.body["type"].clone(), a.body["automation"].clone()),
+            (json!("automation"), json!(true))
+        );
+
+        // Refusals.
+        let a = h.create(&session, json!({"password": "wrong"})).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Basic"))
+        );
+        let a = h.create(&session, json!({})).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Basic"))
+        );
+        for (body, want) in [
+            (
+                json!({"password": PW, "cidr_whitelist": ["10.0.0.0/8", "bogus"]}),
+                "CIDR whitelist contains invalid CIDR entry: bogus",
+            ),
+            (
+                json!({"password": PW, "cidr_whitelist": ["::1/129"]}),
+                "invalid CIDR entry",
+            ),
+            (json!({"password": PW, "expires": 91}), "from 1 to 90"),
+            (json!({"password": PW, "expires": 0}), "from 1 to 90"),
+            (
+                json!({"password": PW, "packages": ["Not Valid"]}),
+                "not a valid package name",
+            ),
+            (
+                json!({"password": PW, "packages": ["x"], "packages_and_scopes_permission": "owner"}),
+                "must be one of",
+            ),
+        ] {
+            let a = h.create(&session, body.clone()).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(a.error().contains(want), "{body}: {}", a.error());
+        }
+        // IPv6 is accepted by the server (npm's CLI refuses it, the API does not).
+        let a = h
+            .create(
+                &session,
+                json!({"password": PW, "cidr_whitelist": ["2001:db8::/32"]}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn narrow_tokens_cannot_manage_tokens() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let readonly = h.create_ok(&session, json!({"readonly": true})).await;
+        let npm11_readonly = h
+            .create_ok(
+                &session,
+                json!({"packages_all": true, "packages_and_scopes_permission": "read-only"}),
+            )
+            .await;
+        let automation = h.create_ok(&session, json!({"automation": true})).await;
+        let granular = h
+            .create_ok(
+                &session,
+                json!({"packages_all": true, "packages_and_scopes_permission": "read-write"}),
+            )
+            .await;
+        let publish = h.create_ok(&session, json!({})).await;
+
+        for t in [&readonly, &npm11_readonly] {
+            assert_eq!(h.whoami(t).await.status, StatusCode::OK);
+            assert_eq!(
+                h.call(Method::GET, "/-/npm/v1/tokens", Some(t), None)
+                    .await
+                    .status,
+                StatusCode::OK
+            );
+            let a = h.create(t, json!({"password": PW})).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN);
+            assert!(a.error().contains("read-only"), "{}", a.error());
+            let a = h
+                .call(
+                    Method::DELETE,
+                    &format!("/-/npm/v1/tokens/token/{publish}"),
+                    Some(t),
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN);
+            // Package writes are refused too.
+            let a = h
+                .call(Method::PUT, "/some-package", Some(t), Some(json!({})))
+                .await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN);
+        }
+        for t in [&automation, &granular] {
+            let a = h.create(t, json!({"password": PW})).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        }
+        // A full-permission token may create one.
+        h.create_ok(&publish, json!({})).await;
+    }
+}
+
+#[tokio::test]
+async fn token_list_pages_newest_first_and_shows_only_own_tokens() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let bob = h.login("bob").await;
+        let mut made = Vec::new();
+        for i in 0..4 {
+            made.push(
+                h.create_ok(&session, json!({"name": format!("t{i}")}))
+                    .await,
+            );
+        }
+        let a = h
+            .call(
+                Method::GET,
+                "/-/npm/v1/tokens?perPage=2",
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.body["total"], json!(5));
+        let names: Vec<&str> = a.body["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["t3", "t2"]);
+        assert_eq!(a.body["urls"]["next"], "/-/npm/v1/tokens?page=1&perPage=2");
+        let a = h
+            .call(
+                Method::GET,
+                "/-/npm/v1/tokens?page=2&perPage=2",
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.body["objects"].as_array().unwrap().len(), 1);
+        assert_eq!(a.body["urls"]["next"], Value::Null);
+        // Default page size is 10: one page here.
+        let a = h
+            .call(Method::GET, "/-/npm/v1/tokens", Some(&session), None)
+            .await;
+        assert_eq!(a.body["objects"].as_array().unwrap().len(), 5);
+
+        let listed = h.list_all(&session).await;
+        for o in &listed {
+            let shown = o["token"].as_str().unwrap();
+            assert_eq!(shown.len(), 8);
+            for field in [
+                "key",
+                "created",
+                "updated",
+                "readonly",
+                "automation",
+                "cidr_whitelist",
+                "name",
+                "expires",
+            ] {
+                assert!(o.get(field).is_some(), "{field} missing in {o}");
+            }
+        }
+        // The listed `token` is a prefix of the real one, and never the real one.
+        for t in &made {
+            assert!(listed
+                .iter()
+                .any(|o| t.starts_with(o["token"].as_str().unwrap())));
+            assert!(!listed.iter().any(|o| o["token"] == json!(t)));
+        }
+        // Bob sees only his own session.
+        let theirs = h.list_all(&bob).await;
+        assert_eq!(theirs.len(), 1);
+        assert_eq!(theirs[0]["name"], "npm login");
+    }
+}
+
+#[tokio::test]
+async fn revoke_by_key_or_token_only_own() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let bob = h.login("bob").await;
+        let by_key = h.create_ok(&session, json!({"name": "k"})).await;
+        let by_value = h.create_ok(&session, json!({"name": "v"})).await;
+        let key = tokengate::token::TokenKey::of(&by_key).0;
+
+        // Bob cannot revoke Alice's token: it is unknown to him.
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/npm/v1/tokens/token/{key}"),
+                Some(&bob),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        assert_eq!(h.whoami(&by_key).await.status, StatusCode::OK);
+
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/npm/v1/tokens/token/{key}"),
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let a = h.whoami(&by_key).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Bearer"))
+        );
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/npm/v1/tokens/token/{by_value}"),
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        assert_eq!(h.whoami(&by_value).await.status, StatusCode::UNAUTHORIZED);
+        // Twice: 404.
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/npm/v1/tokens/token/{key}"),
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        assert_eq!(h.list_all(&session).await.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn logout_revokes_and_never_fails_for_dead_tokens() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let bob = h.login("bob").await;
+        let path = |t: &str| format!("/-/user/token/{}", t);
+
+        // Someone else's token: refused, and it still works.
+        let a = h
+            .call(Method::DELETE, &path(&session), Some(&bob), None)
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(h.whoami(&session).await.status, StatusCode::OK);
+
+        let a = h
+            .call(Method::DELETE, &path(&session), Some(&session), None)
+            .await;
+        assert_eq!(
+            (a.status, a.body.clone()),
+            (StatusCode::OK, json!({"ok": true}))
+        );
+        assert_eq!(h.whoami(&session).await.status, StatusCode::UNAUTHORIZED);
+        // Again, and with unknown tokens: still 200 so npm can clean its config.
+        for t in [session.as_str(), "npm_unknown", "abc%2Fdef%2Bghi%3D"] {
+            let a = h.call(Method::DELETE, &path(t), Some(t), None).await;
+            assert_eq!(a.status, StatusCode::OK, "{t}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn expired_tokens_and_disabled_users_are_refused() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let token = PlainToken::generate("npm_");
+        let now = Utc::now();
+        h.store
+            .insert_token(&TokenRecord {
+                key: token.key(),
+                user_id: alice.id,
+                redacted: token.redacted("npm_"),
+                kind: TokenKind::Publish,
+                name: Some("old".into()),
+                description: None,
+                readonly: false,
+                automation: false,
+                bypass_2fa: false,
+                cidr_whitelist: None,
+                packages: vec![],
+                packages_all: false,
+                scopes: vec![],
+                orgs: vec![],
+                packages_and_scopes_permission: None,
+                orgs_permission: None,
+                created: now - Duration::days(2),
+                expires: Some(now - Duration::seconds(1)),
+                revoked: None,
+            })
+            .await
+            .unwrap();
+        let a = h.whoami(token.expose()).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Bearer"))
+        );
+        assert!(a.error().contains("expired"), "{}", a.error());
+        // An expired token can still log itself out.
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/user/token/{}", token.expose()),
+                Some(token.expose()),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn cidr_lists_use_the_right_client_address() {
+    for backend in BACKENDS {
+        let h = harness(backend, |c| {
+            c.trusted_proxies = vec!["10.9.0.0/16".parse().unwrap()]
+        })
+        .await;
+        let session = h.login("alice").await;
+        let limited = h
+            .create_ok(
+                &session,
+                json!({"cidr_whitelist": ["192.0.2.0/24", "2001:db8::/32"]}),
+            )
+            .await;
+        let auth = format!("Bearer {limited}");
+        let whoami = |peer: &'static str, xff: Option<&'static str>| {
+            let auth = auth.clone();
+            let h = &h;
+            async move {
+                let mut headers = vec![("authorization", auth.as_str())];
+                if let Some(x) = xff {
+                    headers.push(("x-forwarded-for", x));
+                }
+                h.call_from(peer, Method::GET, "/-/whoami", &headers, None)
+                    .await
+            }
+        };
+        let cases = [
+            ("192.0.2.7:1000", None, true),
+            ("[2001:db8::1]:1000", None, true),
+            ("[::ffff:192.0.2.9]:1000", None, true),
+            ("127.0.0.1:1000", None, false),
+            // An untrusted peer's X-Forwarded-For is ignored.
+            ("127.0.0.1:1000", Some("192.0.2.7"), false),
+            // A trusted proxy's is believed: the right-most untrusted hop.
+            ("10.9.0.1:1000", Some("192.0.2.7"), true),
+            ("10.9.0.1:1000", Some("192.0.2.7, 10.9.0.2"), true),
+            ("10.9.0.1:1000", Some("192.0.2.7, 198.51.100.1"), false),
+            ("10.9.0.1:1000", None, false),
+        ];
+        for (peer, xff, ok) in cases {
+            let a = whoami(peer, xff).await;
+            if ok {
+                assert_eq!(a.status, StatusCode::OK, "{peer} {xff:?}: {}", a.body);
+            } else {
+                assert_eq!(
+                    (a.status, a.challenge()),
+                    (StatusCode::UNAUTHORIZED, Some("ipaddress")),
+                    "{peer} {xff:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn token_count_is_capped_per_user() {
+    for backend in BACKENDS {
+        let h = harness(backend, |c| c.max_tokens_per_user = 2).await;
+        let session = h.login("alice").await;
+        h.create_ok(&session, json!({})).await;
+        let second = h.create_ok(&session, json!({})).await;
+        let a = h.create(&session, json!({"password": PW})).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert!(a.error().contains("revoke"), "{}", a.error());
+        // Revoking one frees a place; login sessions never count.
+        h.call(
+            Method::DELETE,
+            &format!("/-/npm/v1/tokens/token/{second}"),
+            Some(&session),
+            None,
+        )
+        .await;
+        h.login("alice").await;
+        h.create_ok(&session, json!({})).await;
+    }
+}
+
+#[tokio::test]
+async fn password_change_revokes_sessions_only() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let publish = h.create_ok(&session, json!({})).await;
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let hash = tokengate::password::hash("another password".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            h.store.set_password(alice.id, &hash, true).await.unwrap(),
+            1
+        );
+        assert_eq!(h.whoami(&session).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(h.whoami(&publish).await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn database_outage_is_a_503_not_a_500() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        h.store.close().await;
+        let a = h.whoami(&session).await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+        assert!(a.error().contains("unavailable"), "{}", a.error());
+        // Garbage tokens are still refused without the database.
+        assert_eq!(
+            h.whoami("npm_garbage").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[test]
+fn admin_cli_manages_users() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend);
+        common::add_user(&db, "alice", PW);
+        let listed = common::cli(&db, &["user", "list"], "");
+        assert!(
+            listed.contains("alice") && listed.contains("alice@example.com"),
+            "{listed}"
+        );
+        let out = common::cli(
+            &db,
+            &["user", "passwd", "alice", "--password-stdin"],
+            "a new password\n",
+        );
+        assert!(out.contains("password of alice changed"), "{out}");
+        // Too short, duplicate names and bad names are refused with a message.
+        for (args, stdin, want) in [
+            (
+                vec![
+                    "user",
+                    "add",
+                    "bob",
+                    "--email",
+                    "b@example.com",
+                    "--password-stdin",
+                ],
+                "short\n",
+                "at least 8",
+            ),
+            (
+                vec![
+                    "user",
+                    "add",
+                    "alice",
+                    "--email",
+                    "a@example.com",
+                    "--password-stdin",
+                ],
+                "long enough pw\n",
+                "exists",
+            ),
+            (
+                vec![
+                    "user",
+                    "add",
+                    "Bob",
+                    "--email",
+                    "b@example.com",
+                    "--password-stdin",
+                ],
+                "long enough pw\n",
+                "lowercase",
+            ),
+        ] {
+            let out = std::process::Command::new(common::binary())
+                .args(&args)
+                .env("TOKENGATE_DATABASE_URL", &db.url)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin.take().unwrap().write_all(stdin.as_bytes())?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            assert!(!out.status.success(), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let out = std::process::Command::new(common::binary())
+        .args(["config", "check"])
+        .env("TOKENGATE_REGISTRATION", "sometimes")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sometimes") || err.contains("registration"),
+        "{err}"
+    );
+    let out = std::process::Command::new(common::binary())
+        .args([
+            "config",
+            "check",
+            "--database-url",
+            "postgres://u:secret@h/db",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("u:***@h") && !text.contains("secret"),
+        "{text}"
+    );
+}
