@@ -18,7 +18,8 @@ RUN groupadd --system --gid 10001 tokengate \
 COPY --from=build /usr/local/bin/tokengate /usr/local/bin/tokengate
 COPY config.example.toml /usr/share/doc/tokengate/config.example.toml
 ENV TOKENGATE_LISTEN=0.0.0.0:4874 \
-    TOKENGATE_DATABASE_URL=sqlite:///data/tokengate.db
+    TOKENGATE_DATABASE_URL=sqlite:///data/tokengate.db \
+    TOKENGATE_TFA_KEY_FILE=/data/tokengate.key
 USER tokengate:tokengate
 WORKDIR /data
 VOLUME ["/data"]

@@ -8,6 +8,7 @@ use crate::registry_path::classify;
 use crate::store::User;
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
+use crate::{attempts, second_factor};
 use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -86,6 +87,19 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
                 tracing::info!(user = %principal.user.name, ?op, "refused: {}", denial.0);
                 return ApiError::forbidden(denial.0).into_response();
             }
+            let mode = principal
+                .user
+                .tfa
+                .as_ref()
+                .filter(|t| t.enabled())
+                .map(|t| t.mode);
+            if policy::otp_required(mode, &principal.credential, access) {
+                if let Err(e) =
+                    second_factor::require(&state, &principal.user, req.headers(), client).await
+                {
+                    return e.into_response();
+                }
+            }
             req.extensions_mut().insert(principal);
         }
     }
@@ -113,7 +127,7 @@ pub async fn identify(
     if scheme.eq_ignore_ascii_case("bearer") {
         bearer(state, rest, client).await.map(Some)
     } else if scheme.eq_ignore_ascii_case("basic") {
-        basic(state, rest).await.map(Some)
+        basic(state, rest, client).await.map(Some)
     } else {
         Err(invalid())
     }
@@ -161,7 +175,7 @@ async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal
     })
 }
 
-async fn basic(state: &AppState, encoded: &str) -> Result<Principal, ApiError> {
+async fn basic(state: &AppState, encoded: &str, client: IpAddr) -> Result<Principal, ApiError> {
     let wrong = || ApiError::unauthorized("Incorrect username or password.", Challenge::Basic);
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
@@ -170,11 +184,8 @@ async fn basic(state: &AppState, encoded: &str) -> Result<Principal, ApiError> {
         .ok_or_else(wrong)?;
     let (name, password) = decoded.split_once(':').ok_or_else(wrong)?;
     let user = state.store.user_by_name(name).await?;
-    let ok = crate::password::verify(
-        password.to_owned(),
-        user.as_ref().map(|u| u.password_hash.clone()),
-    )
-    .await;
+    let stored = user.as_ref().map(|u| u.password_hash.as_str());
+    let ok = attempts::check_password(state, name, stored, password, client).await?;
     match user {
         Some(user) if ok && !user.disabled => Ok(Principal {
             user,

@@ -44,6 +44,17 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// `text` (human-readable) or `json`.
     pub log_format: LogFormat,
+    /// Server key(s) that encrypt TOTP secrets, base64, current first (newline-separated);
+    /// empty: read `tfa_key_file`.
+    pub tfa_key: String,
+    /// File holding the server key(s); created with a new key on first start when missing.
+    pub tfa_key_file: PathBuf,
+    /// Issuer shown by authenticator apps.
+    pub tfa_issuer: String,
+    /// Password or OTP failures allowed per account and address within the window.
+    pub auth_failure_limit: usize,
+    /// The window for `auth_failure_limit`, in seconds.
+    pub auth_failure_window_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +89,11 @@ impl Default for Config {
             password_min_length: 8,
             request_timeout_secs: 30,
             log_format: LogFormat::Text,
+            tfa_key: String::new(),
+            tfa_key_file: PathBuf::from("tokengate.key"),
+            tfa_issuer: "tokengate".into(),
+            auth_failure_limit: 10,
+            auth_failure_window_secs: 300,
         }
     }
 }
@@ -217,6 +233,15 @@ impl Config {
         if self.database_acquire_timeout_secs == 0 || self.request_timeout_secs == 0 {
             return invalid("request_timeout_secs", "timeouts must be at least 1 second");
         }
+        if self.auth_failure_limit == 0 || self.auth_failure_window_secs == 0 {
+            return invalid(
+                "auth_failure_limit",
+                "the limit and its window must be at least 1",
+            );
+        }
+        if self.tfa_issuer.is_empty() || self.tfa_issuer.contains(':') {
+            return invalid("tfa_issuer", "must be non-empty and contain no colon");
+        }
         if self.password_min_length == 0 {
             return invalid("password_min_length", "must be at least 1");
         }
@@ -227,6 +252,9 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut masked = self.clone();
         masked.database_url = mask_url_password(&self.database_url);
+        if !masked.tfa_key.is_empty() {
+            masked.tfa_key = "***".into();
+        }
         toml::to_string(&masked).expect("config serializes")
     }
 }

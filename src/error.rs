@@ -51,6 +51,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// Too many failed password or OTP attempts: retry after this many seconds.
+    #[error("{message}")]
+    TooManyAttempts {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -75,6 +81,22 @@ impl ApiError {
         ApiError::NotFound(message.into())
     }
 
+    /// 429 after too many failures; the message says when to retry.
+    pub fn too_many_attempts(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs().max(1);
+        let when = if secs >= 120 {
+            format!("{} minutes", secs.div_ceil(60))
+        } else {
+            format!("{secs} seconds")
+        };
+        ApiError::TooManyAttempts {
+            message: format!(
+                "Too many failed password or one-time password attempts: try again in {when}."
+            ),
+            retry_after_secs: secs,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -85,6 +107,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +151,14 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(c.header()),
             );
+        }
+        if let ApiError::TooManyAttempts {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
             .headers_mut()

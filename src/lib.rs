@@ -1,21 +1,28 @@
 //! tokengate: an npm-compatible access-token service.
 
 pub mod api;
+pub mod attempts;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod keyring;
 pub mod names;
 pub mod password;
 pub mod policy;
 pub mod probe;
+pub mod rate_limit;
 pub mod registry_path;
+pub mod second_factor;
 pub mod store;
 pub mod token;
 pub mod token_request;
+pub mod totp;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::keyring::KeyRing;
+use crate::rate_limit::FailureLimiter;
 use crate::store::Store;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -32,13 +39,23 @@ use tokio::net::TcpListener;
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// Seals and opens TOTP secrets.
+    pub keys: Arc<KeyRing>,
+    /// Password and OTP failures, per account and client address.
+    pub failures: Arc<FailureLimiter>,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+    pub fn new(config: Config, store: Arc<dyn Store>, keys: KeyRing) -> Self {
+        let failures = FailureLimiter::new(
+            config.auth_failure_limit,
+            Duration::from_secs(config.auth_failure_window_secs),
+        );
         AppState {
             config: Arc::new(config),
             store,
+            keys: Arc::new(keys),
+            failures: Arc::new(failures),
         }
     }
 }
@@ -63,6 +80,10 @@ pub fn app(state: AppState) -> Router {
             get(api::tokens::list).post(api::tokens::create),
         )
         .route("/-/npm/v1/tokens/token/{key}", delete(api::tokens::revoke))
+        .route(
+            "/-/npm/v1/user",
+            get(api::profile::get).post(api::profile::update),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::gate))

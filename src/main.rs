@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokengate::config::{Config, LogFormat, Overrides};
+use tokengate::keyring::KeyRing;
 use tokengate::store::{NewUser, SqlStore, Store};
 use tokengate::AppState;
 
@@ -92,6 +93,9 @@ enum UserCommand {
     },
     /// List accounts.
     List,
+    /// Turn off two-factor authentication for a user who lost their authenticator.
+    #[command(name = "disable-2fa")]
+    Disable2fa { name: String },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +160,19 @@ fn read_password(from_stdin: bool, min_len: usize) -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// The server key that seals TOTP secrets; created on first start when none is configured.
+fn load_keys(config: &Config) -> anyhow::Result<KeyRing> {
+    let inline = Some(config.tfa_key.as_str()).filter(|k| !k.is_empty());
+    let (keys, created) = KeyRing::load_or_create(inline, &config.tfa_key_file)?;
+    if created {
+        tracing::warn!(
+            "created a new server key in {}: it encrypts two-factor secrets, so keep it (and back              it up) together with the database, or every user must enrol two-factor again",
+            config.tfa_key_file.display()
+        );
+    }
+    Ok(keys)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -187,7 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listener.local_addr()?,
                 tokengate::config::mask_url_password(&config.database_url)
             );
-            let state = AppState::new(config, store.clone());
+            let keys = load_keys(&config)?;
+            let state = AppState::new(config, store.clone(), keys);
             tokengate::serve(listener, state, shutdown_signal()).await?;
             store.close().await;
         }
@@ -217,6 +235,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn find_user(store: &SqlStore, name: &str) -> anyhow::Result<tokengate::store::User> {
+    store
+        .user_by_name(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_context(|| format!("no user named {name}"))
 }
 
 async fn user_command(
@@ -249,11 +275,7 @@ async fn user_command(
             password_stdin,
             keep_sessions,
         } => {
-            let user = store
-                .user_by_name(&name)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .with_context(|| format!("no user named {name}"))?;
+            let user = find_user(store, &name).await?;
             let password = read_password(password_stdin, config.password_min_length)?;
             let password_hash = tokengate::password::hash(password).await?;
             let revoked = store
@@ -261,6 +283,18 @@ async fn user_command(
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("password of {name} changed; {revoked} login session(s) revoked");
+        }
+        UserCommand::Disable2fa { name } => {
+            let user = find_user(store, &name).await?;
+            if user.tfa.is_none() {
+                println!("{name} has no two-factor authentication; nothing changed");
+            } else {
+                store
+                    .disable_tfa(user.id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("two-factor authentication of {name} disabled");
+            }
         }
         UserCommand::List => {
             let users = store

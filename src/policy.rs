@@ -1,7 +1,7 @@
 //! Who may do what: pure rules over a principal's credential and an operation.
 
 use crate::registry_path::Operation;
-use crate::store::{TokenKind, TokenRecord};
+use crate::store::{TfaMode, TokenKind, TokenRecord};
 
 /// What an operation needs from the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,28 @@ pub fn authorize(credential: &Credential, access: Access) -> Result<(), Denial> 
     }
 }
 
+/// Must a request needing `access` carry a one-time password? `mode` is the account's
+/// two-factor mode when enabled. Login asks for one too (see the login handler).
+///
+/// Token management and profile changes always need one; package writes only in
+/// `auth-and-writes`, and not from automation tokens or granular tokens with `bypass_2fa`.
+pub fn otp_required(mode: Option<TfaMode>, credential: &Credential, access: Access) -> bool {
+    let Some(mode) = mode else {
+        return false;
+    };
+    match access {
+        Access::Read => false,
+        Access::ManageTokens | Access::ChangeProfile => true,
+        Access::Write => {
+            let bypass = match credential {
+                Credential::Token(t) => t.kind == TokenKind::Automation || t.bypass_2fa,
+                Credential::Password => false,
+            };
+            mode == TfaMode::AuthAndWrites && !bypass
+        }
+    }
+}
+
 fn verb(access: Access) -> &'static str {
     match access {
         Access::Read => "read",
@@ -160,6 +182,41 @@ mod tests {
                 authorize(&cred, access).is_ok(),
                 allowed,
                 "{cred:?} {access:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn otp_table() {
+        use Access::*;
+        use TfaMode::*;
+        let mut bypassing = token(TokenKind::Granular, false);
+        if let Credential::Token(t) = &mut bypassing {
+            t.bypass_2fa = true;
+        }
+        let session = token(TokenKind::Session, false);
+        let automation = token(TokenKind::Automation, false);
+        // (mode, credential, access, required)
+        let rows = [
+            (None, &session, ManageTokens, false),
+            (None, &session, Write, false),
+            (Some(AuthOnly), &session, Read, false),
+            (Some(AuthOnly), &session, ManageTokens, true),
+            (Some(AuthOnly), &session, ChangeProfile, true),
+            (Some(AuthOnly), &session, Write, false),
+            (Some(AuthAndWrites), &session, Read, false),
+            (Some(AuthAndWrites), &session, Write, true),
+            (Some(AuthAndWrites), &Credential::Password, Write, true),
+            (Some(AuthAndWrites), &automation, Write, false),
+            (Some(AuthAndWrites), &automation, ManageTokens, true),
+            (Some(AuthAndWrites), &bypassing, Write, false),
+            (Some(AuthAndWrites), &bypassing, ChangeProfile, true),
+        ];
+        for (mode, cred, access, required) in rows {
+            assert_eq!(
+                otp_required(mode, cred, access),
+                required,
+                "{mode:?} {cred:?} {access:?}"
             );
         }
     }

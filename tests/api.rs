@@ -77,7 +77,11 @@ async fn harness(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Harness {
             .unwrap();
     }
     Harness {
-        state: AppState::new(config, store.clone()),
+        state: AppState::new(
+            config,
+            store.clone(),
+            tokengate::keyring::KeyRing::generate(),
+        ),
         store,
         _db: db,
     }
@@ -1126,4 +1130,546 @@ fn config_errors_name_the_key() {
         out.status.success() && text.contains("u:***@h") && !text.contains("secret"),
         "{text}"
     );
+}
+
+// ---- Profile and two-factor authentication ----
+
+const OTP_MESSAGE: &str = "This operation requires a one-time password.";
+
+/// The raw TOTP secret inside an `otpauth://` URL.
+fn secret_of(url: &str) -> Vec<u8> {
+    let encoded = url
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("secret="))
+        .unwrap_or_else(|| panic!("no secret in {url}"));
+    totp_rs::Secret::Encoded(encoded.to_owned())
+        .to_bytes()
+        .unwrap()
+}
+
+/// The current TOTP step, after waiting out the end of a step so that a test that runs for a
+/// few seconds stays within it.
+async fn steady_step() -> i64 {
+    let now = Utc::now().timestamp();
+    if 30 - now % 30 < 8 {
+        tokio::time::sleep(std::time::Duration::from_secs((30 - now % 30) as u64 + 1)).await;
+    }
+    tokengate::totp::step_of(Utc::now().timestamp())
+}
+
+impl Harness {
+    /// A call with a bearer token and an optional `npm-otp` header, from `peer`.
+    async fn call_otp(
+        &self,
+        peer: &str,
+        method: Method,
+        path: &str,
+        token: &str,
+        otp: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(otp) = otp {
+            headers.push(("npm-otp", otp));
+        }
+        self.call_from(
+            peer,
+            method,
+            path,
+            &headers,
+            body.map(|b| Body::from(b.to_string())),
+        )
+        .await
+    }
+
+    async fn profile_post(&self, token: &str, otp: Option<&str>, body: Value) -> Answer {
+        self.call_otp(
+            LOCAL,
+            Method::POST,
+            "/-/npm/v1/user",
+            token,
+            otp,
+            Some(body),
+        )
+        .await
+    }
+
+    async fn login_with(
+        &self,
+        peer: &str,
+        name: &str,
+        password: &str,
+        otp: Option<&str>,
+    ) -> Answer {
+        let mut headers = vec![];
+        if let Some(otp) = otp {
+            headers.push(("npm-otp", otp));
+        }
+        let body = json!({"name": name, "password": password}).to_string();
+        self.call_from(
+            peer,
+            Method::PUT,
+            &format!("/-/user/org.couchdb.user:{name}"),
+            &headers,
+            Some(Body::from(body)),
+        )
+        .await
+    }
+}
+
+fn assert_otp_challenge(a: &Answer) {
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+    assert_eq!(a.challenge(), Some("OTP"));
+    assert_eq!(a.error(), OTP_MESSAGE);
+}
+
+#[tokio::test]
+async fn profile_read_and_change() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let other = h.login("alice").await;
+        let a = h
+            .call(Method::GET, "/-/npm/v1/user", Some(&session), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body["name"], "alice");
+        assert_eq!(a.body["email"], "alice@example.com");
+        assert_eq!(a.body["email_verified"], false);
+        assert_eq!(a.body["tfa"], Value::Null);
+        assert_eq!(a.body["cidr_whitelist"], Value::Null);
+        assert!(a.body["created"].as_str().unwrap().ends_with('Z'));
+
+        // What `npm profile set fullname …` sends: every writable key, nulls included.
+        let a = h
+            .profile_post(
+                &session,
+                None,
+                json!({"email": "alice@example.com", "fullname": "Alice A.", "homepage": null,
+                       "freenode": null, "twitter": null, "github": "alice"}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["fullname"], "Alice A.");
+        assert_eq!(a.body["github"], "alice");
+        let a = h
+            .profile_post(&session, None, json!({"email": "new@example.org"}))
+            .await;
+        assert_eq!(
+            (a.body["email"].clone(), a.body["fullname"].clone()),
+            (json!("new@example.org"), json!("Alice A."))
+        );
+        let a = h
+            .profile_post(&session, None, json!({"email": "nope"}))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        let a = h
+            .profile_post(&session, None, json!({"name": "mallory"}))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.error().contains("name"), "{}", a.error());
+        let a = h.profile_post(&session, None, json!({"tfa": 7})).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.error().contains("tfa"), "{}", a.error());
+
+        // Password change: the old one is checked, the new one must be long enough, other
+        // sessions end and the caller's own goes on.
+        let change = |old: &str, new: &str| json!({"password": {"old": old, "new": new}});
+        let a = h
+            .profile_post(
+                &session,
+                None,
+                change("wrong password!", "a new long password"),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(a.challenge(), Some("Basic"));
+        let a = h.profile_post(&session, None, change(PW, "short")).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.error().contains("at least"), "{}", a.error());
+        let a = h
+            .profile_post(&session, None, change(PW, "a new long password"))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert!(a.body.get("password").is_none());
+        assert_eq!(h.whoami(&session).await.status, StatusCode::OK);
+        assert_eq!(h.whoami(&other).await.status, StatusCode::UNAUTHORIZED);
+        let a = h
+            .login_with(LOCAL, "alice", "a new long password", None)
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(
+            h.login_with(LOCAL, "alice", PW, None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_factor_enrolment_and_challenges() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        // A wrong password does not start enrolment; an unknown mode is named.
+        let a = h
+            .profile_post(
+                &session,
+                None,
+                json!({"tfa": {"password": "wrong", "mode": "auth-only"}}),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Basic"))
+        );
+        let a = h
+            .profile_post(
+                &session,
+                None,
+                json!({"tfa": {"password": PW, "mode": "always"}}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.error().contains("always"), "{}", a.error());
+        // Confirming with nothing pending is refused.
+        let a = h
+            .profile_post(&session, None, json!({"tfa": ["123456"]}))
+            .await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+
+        // Pending: nothing is enforced yet, a wrong code does not confirm, and a second start
+        // gives a new secret.
+        let a = h
+            .profile_post(
+                &session,
+                None,
+                json!({"tfa": {"password": PW, "mode": "auth-only"}}),
+            )
+            .await;
+        let first = secret_of(a.body["tfa"].as_str().unwrap());
+        let a = h
+            .call(Method::GET, "/-/npm/v1/user", Some(&session), None)
+            .await;
+        assert_eq!(a.body["tfa"], json!({"pending": true, "mode": "auth-only"}));
+        h.create_ok(&session, json!({})).await;
+        assert_eq!(
+            h.login_with(LOCAL, "alice", PW, None).await.status,
+            StatusCode::CREATED
+        );
+        let step = steady_step().await;
+        let wrong = if tokengate::totp::code_at_step(&first, step) == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        assert_otp_challenge(
+            &h.profile_post(&session, None, json!({"tfa": [wrong]}))
+                .await,
+        );
+        let a = h
+            .profile_post(
+                &session,
+                None,
+                json!({"tfa": {"password": PW, "mode": "auth-and-writes"}}),
+            )
+            .await;
+        let secret = secret_of(a.body["tfa"].as_str().unwrap());
+        assert_ne!(first, secret);
+        // The first secret's code no longer confirms.
+        let stale = tokengate::totp::code_at_step(&first, step);
+        assert_otp_challenge(
+            &h.profile_post(&session, None, json!({"tfa": [stale]}))
+                .await,
+        );
+        let code = tokengate::totp::code_at_step(&secret, step);
+        let a = h.profile_post(&session, None, json!({"tfa": [code]})).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let recovery: Vec<String> = serde_json::from_value(a.body["tfa"].clone()).unwrap();
+        assert_eq!(recovery.len(), 10);
+        let a = h
+            .call(Method::GET, "/-/npm/v1/user", Some(&session), None)
+            .await;
+        assert_eq!(
+            a.body["tfa"],
+            json!({"pending": false, "mode": "auth-and-writes"})
+        );
+
+        // The secret is sealed in the database, not stored in the clear.
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let sealed = &alice.tfa.as_ref().unwrap().sealed_secret;
+        assert!(sealed.starts_with("v1:"), "{sealed}");
+        assert!(!sealed.contains(&tokengate::totp::base32(&secret)));
+
+        // Enforced now: token create and revoke, login, profile changes.
+        let tokens = "/-/npm/v1/tokens";
+        let create = json!({"password": PW});
+        assert_otp_challenge(
+            &h.call_otp(
+                LOCAL,
+                Method::POST,
+                tokens,
+                &session,
+                None,
+                Some(create.clone()),
+            )
+            .await,
+        );
+        assert_otp_challenge(
+            &h.call_otp(
+                LOCAL,
+                Method::POST,
+                tokens,
+                &session,
+                Some("999999"),
+                Some(create.clone()),
+            )
+            .await,
+        );
+        // The enrolment code's step is used up; the next step's code (skew) works once.
+        let a = h
+            .call_otp(
+                LOCAL,
+                Method::POST,
+                tokens,
+                &session,
+                Some(&code),
+                Some(create.clone()),
+            )
+            .await;
+        assert_otp_challenge(&a);
+        let next = tokengate::totp::code_at_step(&secret, step + 1);
+        let a = h
+            .call_otp(
+                LOCAL,
+                Method::POST,
+                tokens,
+                &session,
+                Some(&next),
+                Some(create.clone()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let made = a.body["key"].as_str().unwrap().to_owned();
+        assert_otp_challenge(
+            &h.call_otp(
+                LOCAL,
+                Method::POST,
+                tokens,
+                &session,
+                Some(&next),
+                Some(create.clone()),
+            )
+            .await,
+        );
+        // Reading needs no OTP.
+        assert_eq!(h.whoami(&session).await.status, StatusCode::OK);
+        assert_eq!(h.list_all(&session).await.len(), 4);
+        // Recovery codes work once each, wherever an OTP is asked.
+        let revoke = format!("{tokens}/token/{made}");
+        assert_otp_challenge(
+            &h.call_otp(LOCAL, Method::DELETE, &revoke, &session, None, None)
+                .await,
+        );
+        let a = h
+            .call_otp(
+                LOCAL,
+                Method::DELETE,
+                &revoke,
+                &session,
+                Some(&recovery[0]),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+        assert_otp_challenge(&h.login_with(LOCAL, "alice", PW, None).await);
+        assert_otp_challenge(&h.login_with(LOCAL, "alice", PW, Some(&recovery[0])).await);
+        let a = h.login_with(LOCAL, "alice", PW, Some(&recovery[1])).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        // A wrong password is still a plain 401, whatever the OTP.
+        let a = h
+            .login_with(LOCAL, "alice", "wrong", Some(&recovery[2]))
+            .await;
+        assert_eq!((a.status, a.challenge()), (StatusCode::UNAUTHORIZED, None));
+
+        // Changing the mode and turning it off need an OTP too.
+        let to_auth_only = json!({"tfa": {"password": PW, "mode": "auth-only"}});
+        assert_otp_challenge(&h.profile_post(&session, None, to_auth_only.clone()).await);
+        let a = h
+            .profile_post(&session, Some(&recovery[2]), to_auth_only)
+            .await;
+        assert_eq!(
+            a.body["tfa"],
+            json!({"pending": false, "mode": "auth-only"}),
+            "{}",
+            a.body
+        );
+        assert_otp_challenge(
+            &h.profile_post(&session, None, json!({"fullname": "A"}))
+                .await,
+        );
+        let disable = json!({"tfa": {"password": PW, "mode": "disable"}});
+        assert_otp_challenge(&h.profile_post(&session, None, disable.clone()).await);
+        let a = h.profile_post(&session, Some(&recovery[3]), disable).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["tfa"], Value::Null);
+        h.create_ok(&session, json!({})).await;
+        assert_eq!(
+            h.login_with(LOCAL, "alice", PW, None).await.status,
+            StatusCode::CREATED
+        );
+        // Its recovery codes went with it.
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let hash = tokengate::totp::hash_recovery_code(&recovery[4]);
+        assert!(!h.store.use_recovery_code(alice.id, &hash).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn totp_skew_and_replay() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let secret = tokengate::totp::generate_secret();
+        let sealed = h.state.keys.seal(&secret);
+        h.store
+            .start_tfa(alice.id, tokengate::store::TfaMode::AuthOnly, &sealed)
+            .await
+            .unwrap();
+        let now = steady_step().await;
+        // Confirmed long ago: every step near now is unused.
+        assert!(h.store.confirm_tfa(alice.id, now - 10, &[]).await.unwrap());
+        let code = |s: i64| tokengate::totp::code_at_step(&secret, s);
+        let create = |otp: String| {
+            let h = &h;
+            let session = session.clone();
+            async move {
+                h.call_otp(
+                    LOCAL,
+                    Method::POST,
+                    "/-/npm/v1/tokens",
+                    &session,
+                    Some(&otp),
+                    Some(json!({"password": PW})),
+                )
+                .await
+            }
+        };
+        assert_otp_challenge(&create(code(now - 2)).await);
+        assert_otp_challenge(&create(code(now + 2)).await);
+        assert_eq!(create(code(now - 1)).await.status, StatusCode::CREATED);
+        assert_otp_challenge(&create(code(now - 1)).await);
+        assert_eq!(create(code(now)).await.status, StatusCode::CREATED);
+        assert_otp_challenge(&create(code(now)).await);
+        assert_eq!(create(code(now + 1)).await.status, StatusCode::CREATED);
+        // Once a step is used, older codes are refused even within the skew.
+        assert_otp_challenge(&create(code(now)).await);
+        assert_otp_challenge(&create(code(now - 1)).await);
+    }
+}
+
+#[tokio::test]
+async fn failures_are_limited_per_account_and_address() {
+    for backend in BACKENDS {
+        let h = harness(backend, |c| {
+            c.auth_failure_limit = 3;
+            c.auth_failure_window_secs = 300;
+        })
+        .await;
+        let (a_addr, b_addr) = ("10.1.1.1:5000", "10.2.2.2:5000");
+        for _ in 0..3 {
+            let a = h.login_with(a_addr, "bob", "wrong password", None).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        }
+        // Bob at that address must wait, even with the right password, and is told how long.
+        let a = h.login_with(a_addr, "bob", PW, None).await;
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+        let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=300).contains(&wait), "{wait}");
+        assert!(a.error().contains("try again in"), "{}", a.error());
+        // Alice at the same address and Bob elsewhere are unaffected.
+        assert_eq!(
+            h.login_with(a_addr, "alice", PW, None).await.status,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            h.login_with(b_addr, "bob", PW, None).await.status,
+            StatusCode::CREATED
+        );
+        // Unknown names are limited the same way (no way to tell them apart).
+        for _ in 0..3 {
+            h.login_with(b_addr, "nobody", "x", None).await;
+        }
+        let a = h.login_with(b_addr, "nobody", "x", None).await;
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+
+        // Wrong OTPs count too, and token create's password checks.
+        let session = h.login("alice").await;
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let secret = tokengate::totp::generate_secret();
+        h.store
+            .start_tfa(
+                alice.id,
+                tokengate::store::TfaMode::AuthOnly,
+                &h.state.keys.seal(&secret),
+            )
+            .await
+            .unwrap();
+        let step = steady_step().await;
+        h.store.confirm_tfa(alice.id, step - 10, &[]).await.unwrap();
+        let wrong = if tokengate::totp::code_at_step(&secret, step) == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        let tokens = "/-/npm/v1/tokens";
+        for _ in 0..2 {
+            let a = h
+                .call_otp(
+                    b_addr,
+                    Method::POST,
+                    tokens,
+                    &session,
+                    Some(wrong),
+                    Some(json!({"password": PW})),
+                )
+                .await;
+            assert_otp_challenge(&a);
+        }
+        let a = h
+            .call_otp(
+                b_addr,
+                Method::POST,
+                tokens,
+                &session,
+                Some(&tokengate::totp::code_at_step(&secret, step)),
+                Some(json!({"password": "wrong"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        let right = tokengate::totp::code_at_step(&secret, step + 1);
+        let a = h
+            .call_otp(
+                b_addr,
+                Method::POST,
+                tokens,
+                &session,
+                Some(&right),
+                Some(json!({"password": PW})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+        let a = h
+            .call_otp(
+                LOCAL,
+                Method::POST,
+                tokens,
+                &session,
+                Some(&right),
+                Some(json!({"password": PW})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
 }

@@ -1,5 +1,6 @@
 //! npm's wire endpoints, and the extractors that turn bad input into clear 4xx answers.
 
+pub mod profile;
 pub mod tokens;
 pub mod user;
 

@@ -1,6 +1,7 @@
 //! `npm token list|create|revoke`: `/-/npm/v1/tokens`.
 
 use super::{iso, JsonBody, PathParam};
+use crate::attempts;
 use crate::auth::{ClientAddr, Principal};
 use crate::error::{ApiError, Challenge};
 use crate::policy::Credential;
@@ -150,10 +151,10 @@ pub async fn create(
         default_days: state.config.default_token_expiry_days,
     };
     let spec = token_request::validate(&body, limits, Utc::now()).map_err(ApiError::BadRequest)?;
-    let password = body.password.unwrap_or_default();
-    let ok = !password.is_empty()
-        && crate::password::verify(password, Some(principal.user.password_hash.clone())).await;
-    if !ok {
+    let password = body.password.as_deref().unwrap_or_default();
+    let user = &principal.user;
+    let stored = Some(user.password_hash.as_str());
+    if !attempts::check_password(&state, &user.name, stored, password, client).await? {
         tracing::info!(user = %principal.user.name, %client, "token create refused: wrong password");
         return Err(ApiError::unauthorized(
             "Incorrect or missing password.",

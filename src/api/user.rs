@@ -9,8 +9,9 @@ use crate::names;
 use crate::store::{NewUser, StoreError};
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
+use crate::{attempts, second_factor};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
 use serde::Deserialize;
@@ -56,25 +57,28 @@ fn user_from_id(id: &str) -> Result<String, ApiError> {
 pub async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
+    headers: HeaderMap,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    login_or_adduser(state, client, id, body).await
+    login_or_adduser(state, client, &headers, id, body).await
 }
 
 /// `PUT /-/user/org.couchdb.user:NAME/-rev/REV`, npm's retry after a conflict.
 pub async fn login_rev(
     State(state): State<AppState>,
     client: ClientAddr,
+    headers: HeaderMap,
     PathParam((id, _rev)): PathParam<(String, String)>,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    login_or_adduser(state, client, id, body).await
+    login_or_adduser(state, client, &headers, id, body).await
 }
 
 async fn login_or_adduser(
     state: AppState,
     ClientAddr(client): ClientAddr,
+    headers: &HeaderMap,
     id: String,
     body: LoginBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -96,8 +100,8 @@ async fn login_or_adduser(
     let user = state.store.user_by_name(&name).await?;
     let user = match user {
         Some(user) => {
-            let ok = crate::password::verify(password, Some(user.password_hash.clone())).await;
-            if !ok {
+            let stored = Some(user.password_hash.as_str());
+            if !attempts::check_password(&state, &name, stored, &password, client).await? {
                 tracing::info!(user = %name, %client, "login failed");
                 return Err(wrong());
             }
@@ -106,12 +110,13 @@ async fn login_or_adduser(
                     "This account is disabled: ask an administrator.",
                 ));
             }
+            second_factor::require(&state, &user, headers, client).await?;
             user
         }
         None => match body.email {
             // Login of an unknown name: the same answer and time as a wrong password.
             None => {
-                crate::password::verify(password, None).await;
+                attempts::check_password(&state, &name, None, &password, client).await?;
                 tracing::info!(%client, "login failed");
                 return Err(wrong());
             }

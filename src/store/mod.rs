@@ -36,6 +36,64 @@ pub struct User {
     pub disabled: bool,
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
+    /// Two-factor state; `None` when off.
+    pub tfa: Option<TfaState>,
+    pub profile: ProfileFields,
+}
+
+/// npm's two-factor modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TfaMode {
+    /// OTP for login, token and account changes.
+    AuthOnly,
+    /// Also for package writes.
+    AuthAndWrites,
+}
+
+impl TfaMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TfaMode::AuthOnly => "auth-only",
+            TfaMode::AuthAndWrites => "auth-and-writes",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auth-only" => Some(TfaMode::AuthOnly),
+            "auth-and-writes" => Some(TfaMode::AuthAndWrites),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TfaState {
+    pub mode: TfaMode,
+    /// Enrolment started but not confirmed with a code: not enforced yet.
+    pub pending: bool,
+    /// The TOTP secret, sealed with the server key (see `keyring`).
+    pub sealed_secret: String,
+    /// The newest TOTP time step accepted; codes of this step or older are refused.
+    pub last_step: Option<i64>,
+}
+
+impl TfaState {
+    /// Whether an OTP is enforced (enrolment confirmed).
+    pub fn enabled(&self) -> bool {
+        !self.pending
+    }
+}
+
+/// The free-form profile fields `npm profile set` may change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProfileFields {
+    pub fullname: Option<String>,
+    pub homepage: Option<String>,
+    pub github: Option<String>,
+    pub twitter: Option<String>,
+    pub freenode: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +227,33 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
         revoke_sessions: bool,
     ) -> StoreResult<u64>;
+
+    /// Starts (or restarts) two-factor enrolment: pending until confirmed.
+    async fn start_tfa(&self, user_id: i64, mode: TfaMode, sealed_secret: &str) -> StoreResult<()>;
+    /// Confirms enrolment: records the accepted step and stores the recovery-code hashes.
+    /// False when the account is not pending any more (a concurrent confirmation won).
+    async fn confirm_tfa(
+        &self,
+        user_id: i64,
+        step: i64,
+        recovery_hashes: &[String],
+    ) -> StoreResult<bool>;
+    async fn set_tfa_mode(&self, user_id: i64, mode: TfaMode) -> StoreResult<()>;
+    /// Turns two-factor off and forgets its secret and recovery codes.
+    async fn disable_tfa(&self, user_id: i64) -> StoreResult<()>;
+    /// Records `step` as used if it is newer than the last one: false means a replay.
+    async fn use_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool>;
+    /// Marks an unused recovery code as used: false when unknown or already used.
+    async fn use_recovery_code(&self, user_id: i64, code_hash: &str) -> StoreResult<bool>;
+    /// Updates e-mail and the free-form fields.
+    async fn update_profile(
+        &self,
+        user_id: i64,
+        email: &str,
+        fields: &ProfileFields,
+    ) -> StoreResult<()>;
+    /// Revokes the user's login sessions except `keep`.
+    async fn revoke_sessions(&self, user_id: i64, keep: Option<&TokenKey>) -> StoreResult<u64>;
 
     /// Stores a new token row; it is durable when this returns.
     async fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;

@@ -147,7 +147,8 @@ fn parse_list(s: &str) -> anyhow::Result<Vec<String>> {
     serde_json::from_str(s).context("stored list is not JSON")
 }
 
-const USER_COLUMNS: &str = "id, name, email, password_hash, disabled, created_ms, updated_ms";
+const USER_COLUMNS: &str = "id, name, email, password_hash, disabled, created_ms, updated_ms, \
+    tfa_mode, tfa_pending, tfa_secret, tfa_last_step, fullname, homepage, github, twitter, freenode";
 const TOKEN_COLUMNS: &str = "t.key, t.user_id, t.redacted, t.kind, t.name, t.description, \
     t.readonly, t.automation, t.bypass_2fa, t.cidr_whitelist, t.packages, t.packages_all, \
     t.scopes, t.orgs, t.packages_and_scopes_permission, t.orgs_permission, t.created_ms, \
@@ -155,7 +156,26 @@ const TOKEN_COLUMNS: &str = "t.key, t.user_id, t.redacted, t.kind, t.name, t.des
 
 fn user_from_row(row: &AnyRow, prefix: &str) -> Result<User, sqlx::Error> {
     let col = |c: &str| format!("{prefix}{c}");
+    let text = |c: &str| row.try_get::<Option<String>, _>(col(c).as_str());
+    let tfa = match (text("tfa_mode")?, text("tfa_secret")?) {
+        (Some(mode), Some(sealed_secret)) => Some(TfaState {
+            mode: TfaMode::parse(&mode)
+                .ok_or_else(|| sqlx::Error::Decode(format!("bad stored 2FA mode {mode}").into()))?,
+            pending: row.try_get::<i64, _>(col("tfa_pending").as_str())? != 0,
+            sealed_secret,
+            last_step: row.try_get(col("tfa_last_step").as_str())?,
+        }),
+        _ => None,
+    };
     Ok(User {
+        tfa,
+        profile: ProfileFields {
+            fullname: text("fullname")?,
+            homepage: text("homepage")?,
+            github: text("github")?,
+            twitter: text("twitter")?,
+            freenode: text("freenode")?,
+        },
         id: row.try_get(col("id").as_str())?,
         name: row.try_get(col("name").as_str())?,
         email: row.try_get(col("email").as_str())?,
@@ -301,6 +321,156 @@ impl Store for SqlStore {
         Ok(revoked)
     }
 
+    async fn start_tfa(&self, user_id: i64, mode: TfaMode, sealed_secret: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query(
+            "UPDATE users SET tfa_mode = $1, tfa_pending = 1, tfa_secret = $2, tfa_last_step = NULL, \
+             updated_ms = $3 WHERE id = $4",
+        )
+        .bind(mode.as_str())
+        .bind(sealed_secret)
+        .bind(ms(Utc::now()))
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn confirm_tfa(
+        &self,
+        user_id: i64,
+        step: i64,
+        recovery_hashes: &[String],
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE users SET tfa_pending = 0, tfa_last_step = $1, updated_ms = $2 \
+             WHERE id = $3 AND tfa_pending = 1 AND tfa_secret IS NOT NULL",
+        )
+        .bind(step)
+        .bind(ms(Utc::now()))
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for hash in recovery_hashes {
+            sqlx::query(
+                "INSERT INTO recovery_codes (user_id, code_hash, used_ms) VALUES ($1, $2, NULL)",
+            )
+            .bind(user_id)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn set_tfa_mode(&self, user_id: i64, mode: TfaMode) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET tfa_mode = $1, updated_ms = $2 WHERE id = $3 AND tfa_secret IS NOT NULL")
+            .bind(mode.as_str())
+            .bind(ms(Utc::now()))
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn disable_tfa(&self, user_id: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query(
+            "UPDATE users SET tfa_mode = NULL, tfa_pending = 0, tfa_secret = NULL, \
+             tfa_last_step = NULL, updated_ms = $1 WHERE id = $2",
+        )
+        .bind(ms(Utc::now()))
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn use_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool> {
+        // One conditional UPDATE: two racing requests cannot both use the same step.
+        let done = sqlx::query(
+            "UPDATE users SET tfa_last_step = $1 WHERE id = $2 \
+             AND (tfa_last_step IS NULL OR tfa_last_step < $1)",
+        )
+        .bind(step)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn use_recovery_code(&self, user_id: i64, code_hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE recovery_codes SET used_ms = $1 WHERE user_id = $2 AND code_hash = $3 AND used_ms IS NULL",
+        )
+        .bind(ms(Utc::now()))
+        .bind(user_id)
+        .bind(code_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: i64,
+        email: &str,
+        f: &ProfileFields,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE users SET email = $1, fullname = $2, homepage = $3, github = $4, twitter = $5, \
+             freenode = $6, updated_ms = $7 WHERE id = $8",
+        )
+        .bind(email)
+        .bind(f.fullname.as_deref())
+        .bind(f.homepage.as_deref())
+        .bind(f.github.as_deref())
+        .bind(f.twitter.as_deref())
+        .bind(f.freenode.as_deref())
+        .bind(ms(Utc::now()))
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn revoke_sessions(&self, user_id: i64, keep: Option<&TokenKey>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_ms = $1 WHERE user_id = $2 AND kind = 'session' \
+             AND revoked_ms IS NULL AND key <> $3",
+        )
+        .bind(ms(Utc::now()))
+        .bind(user_id)
+        .bind(keep.map(|k| k.0.as_str()).unwrap_or(""))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO tokens (key, user_id, redacted, kind, name, description, readonly, \
@@ -335,10 +505,13 @@ impl Store for SqlStore {
 
     async fn token_by_key(&self, key: &TokenKey) -> StoreResult<Option<TokenWithOwner>> {
         let row = sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS}, u.id AS u_id, u.name AS u_name, u.email AS u_email, \
-             u.password_hash AS u_password_hash, u.disabled AS u_disabled, \
-             u.created_ms AS u_created_ms, u.updated_ms AS u_updated_ms \
-             FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.key = $1"
+            "SELECT {TOKEN_COLUMNS}, {} FROM tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.key = $1",
+            USER_COLUMNS
+                .split(", ")
+                .map(|c| format!("u.{c} AS u_{c}", c = c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .bind(&key.0)
         .fetch_optional(&self.pool)

@@ -142,13 +142,17 @@ pub struct Server {
     pub base: String,
     child: Child,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Holds the server key file.
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts the server with `TOKENGATE_*` settings from `env`, and waits until it listens.
     pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("TOKENGATE_TFA_KEY_FILE", dir.path().join("server.key"))
             .env("TOKENGATE_DATABASE_URL", &db.url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -183,6 +187,7 @@ impl Server {
             base: format!("http://{addr}"),
             child,
             log,
+            _dir: dir,
         }
     }
 

@@ -1,0 +1,98 @@
+//! One-time passwords as npm sends them: the `npm-otp` header, TOTP codes that are never
+//! accepted twice, and single-use recovery codes.
+
+use crate::attempts;
+use crate::error::{ApiError, Challenge};
+use crate::store::{TfaState, User};
+use crate::totp;
+use crate::AppState;
+use axum::http::HeaderMap;
+use chrono::Utc;
+use std::net::IpAddr;
+
+pub const OTP_HEADER: &str = "npm-otp";
+pub const OTP_REQUIRED: &str = "This operation requires a one-time password.";
+
+/// The 401 that makes npm prompt for a code (or fail with EOTP without a terminal).
+pub fn challenge() -> ApiError {
+    ApiError::unauthorized(OTP_REQUIRED, Challenge::Otp)
+}
+
+/// The code the client sent, if any.
+pub fn sent_code(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(OTP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+}
+
+/// Demands a valid one-time password when `user` has two-factor authentication enabled.
+pub async fn require(
+    state: &AppState,
+    user: &User,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<(), ApiError> {
+    let Some(tfa) = user.tfa.as_ref().filter(|t| t.enabled()) else {
+        return Ok(());
+    };
+    let Some(code) = sent_code(headers) else {
+        return Err(challenge());
+    };
+    attempts::ensure_allowed(state, &user.name, client)?;
+    if accept(state, user, tfa, code).await? {
+        Ok(())
+    } else {
+        attempts::record_failure(state, &user.name, client);
+        tracing::info!(user = %user.name, %client, "one-time password refused");
+        Err(challenge())
+    }
+}
+
+/// Accepts a TOTP code of a step newer than the last one used (recording it), or an unused
+/// recovery code (using it up).
+async fn accept(
+    state: &AppState,
+    user: &User,
+    tfa: &TfaState,
+    code: &str,
+) -> Result<bool, ApiError> {
+    if totp::is_totp_shape(code) {
+        let secret = open_secret(state, tfa)?;
+        let Some(step) = totp::matching_step(&secret, code, Utc::now().timestamp(), tfa.last_step)
+        else {
+            return Ok(false);
+        };
+        // Conditional: of two requests racing with the same code, one wins.
+        Ok(state.store.use_totp_step(user.id, step).await?)
+    } else {
+        let used = state
+            .store
+            .use_recovery_code(user.id, &totp::hash_recovery_code(code))
+            .await?;
+        if used {
+            tracing::info!(user = %user.name, "recovery code used");
+        }
+        Ok(used)
+    }
+}
+
+/// The step whose code is `code` for a pending enrolment, or `None`.
+pub fn pending_step(state: &AppState, tfa: &TfaState, code: &str) -> Result<Option<i64>, ApiError> {
+    let secret = open_secret(state, tfa)?;
+    Ok(totp::matching_step(
+        &secret,
+        code,
+        Utc::now().timestamp(),
+        None,
+    ))
+}
+
+fn open_secret(state: &AppState, tfa: &TfaState) -> Result<Vec<u8>, ApiError> {
+    state.keys.open(&tfa.sealed_secret).map_err(|e| {
+        ApiError::Internal(e.context(
+            "cannot open a TOTP secret: is the server key (tfa_key / tfa_key_file) the one it was sealed with?",
+        ))
+    })
+}
