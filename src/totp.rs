@@ -1,7 +1,7 @@
 //! RFC 6238 TOTP (SHA-1, 6 digits, 30 s, one step of skew either way) and recovery codes.
 //! Pure: the caller stores the last accepted step so a code is never accepted twice.
 
-use rand::{rngs::OsRng, Rng, RngCore};
+use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, Secret, TOTP};
@@ -83,14 +83,19 @@ pub fn matching_step(
     found
 }
 
-/// Ten single-use recovery codes: 16 hex characters (64 bits) each.
+/// Ten single-use recovery codes of 64 hex characters (256 bits), the shape npm's OTP prompt
+/// accepts besides digits.
 pub fn generate_recovery_codes() -> Vec<String> {
     (0..RECOVERY_CODES)
-        .map(|_| format!("{:016x}", OsRng.gen::<u64>()))
+        .map(|_| {
+            let mut bytes = [0u8; 32];
+            OsRng.fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        })
         .collect()
 }
 
-/// How a recovery code is stored; the codes carry 64 random bits, so a fast hash suffices.
+/// How a recovery code is stored; the codes carry 256 random bits, so a fast hash suffices.
 pub fn hash_recovery_code(code: &str) -> String {
     hex::encode(Sha256::digest(code.trim().to_ascii_lowercase().as_bytes()))
 }
@@ -144,6 +149,9 @@ mod tests {
     fn recovery_codes_are_distinct_and_hashed() {
         let codes = generate_recovery_codes();
         assert_eq!(codes.len(), 10);
+        assert!(codes
+            .iter()
+            .all(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit())));
         let set: std::collections::HashSet<_> = codes.iter().collect();
         assert_eq!(set.len(), 10);
         assert_eq!(

@@ -1673,3 +1673,28 @@ async fn failures_are_limited_per_account_and_address() {
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrator_turns_off_two_factor() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        let sealed = h.state.keys.seal(&tokengate::totp::generate_secret());
+        h.store
+            .start_tfa(alice.id, tokengate::store::TfaMode::AuthOnly, &sealed)
+            .await
+            .unwrap();
+        h.store.confirm_tfa(alice.id, 1, &[]).await.unwrap();
+        assert_otp_challenge(&h.login_with(LOCAL, "alice", PW, None).await);
+        let db = &h._db;
+        let out =
+            tokio::task::block_in_place(|| common::cli(db, &["user", "disable-2fa", "alice"], ""));
+        assert!(out.contains("disabled"), "{out}");
+        let alice = h.store.user_by_name("alice").await.unwrap().unwrap();
+        assert!(alice.tfa.is_none());
+        assert_eq!(
+            h.login_with(LOCAL, "alice", PW, None).await.status,
+            StatusCode::CREATED
+        );
+    }
+}

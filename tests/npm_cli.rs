@@ -49,17 +49,24 @@ ops[op]().then(
 );
 "#;
 
-/// Runs `ARGV...` under a pseudo-terminal and answers npm's login prompts:
-/// `python3 -c PTY_PY USER PASSWORD ARGV...`. Prints the terminal transcript and exits with the
-/// child's status (124 on timeout).
+/// Runs `ARGV...` under a pseudo-terminal and answers its prompts in order:
+/// `python3 -c PTY_PY SCRIPT-JSON ARGV...`, where SCRIPT is `[[PROMPT, ANSWER], ...]`. The answer
+/// `{totp}` is the current TOTP code of the secret the transcript shows after `enter code:`.
+/// Prints the transcript and exits with the child's status (124 on timeout).
 const PTY_PY: &str = r#"
-import os, pty, select, signal, sys, time
-user, password, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+import base64, hashlib, hmac, json, os, pty, re, select, signal, struct, sys, time
+script, argv = json.loads(sys.argv[1]), sys.argv[2:]
+
+def totp(secret):
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+    o = mac[-1] & 15
+    return "%06d" % ((struct.unpack(">I", mac[o:o + 4])[0] & 0x7FFFFFFF) % 1000000)
+
 pid, fd = pty.fork()
 if pid == 0:
     os.execvp(argv[0], argv)
-buf = b""
-answered = set()
+buf, seen, step = b"", 0, 0
 deadline = time.time() + 90
 timed_out = False
 while True:
@@ -76,12 +83,16 @@ while True:
         if not data:
             break
         buf += data
-    if b"Username:" in buf and "user" not in answered:
-        os.write(fd, (user + "\r").encode())
-        answered.add("user")
-    if b"Password:" in buf and "password" not in answered:
-        os.write(fd, (password + "\r").encode())
-        answered.add("password")
+    if step < len(script):
+        prompt, answer = script[step]
+        at = buf.find(prompt.encode(), seen)
+        if at >= 0:
+            if answer == "{totp}":
+                m = re.search(rb"enter code:\s*([A-Z2-7]+)", buf)
+                answer = totp(m.group(1).decode())
+            os.write(fd, (answer + "\r").encode())
+            seen = at + len(prompt)
+            step += 1
 _, status = os.waitpid(pid, 0)
 sys.stdout.write(buf.decode("utf-8", "replace"))
 sys.stdout.flush()
@@ -593,20 +604,19 @@ fn login_whoami_logout(backend: Backend) {
 
 /// `npm login --auth-type=legacy` in a pseudo-terminal, answering its prompts.
 fn pty_login(ctx: &Ctx, userconfig: &Path, user: &str, password: &str) -> Out {
+    let script = json!([["Username:", user], ["Password:", password]]);
+    pty_npm(ctx, userconfig, &script, &["login", "--auth-type=legacy"])
+}
+
+/// `npm ARGS` in a pseudo-terminal, answering prompts as `script` says (see [`PTY_PY`]).
+fn pty_npm(ctx: &Ctx, userconfig: &Path, script: &Value, args: &[&str]) -> Out {
     let mut cmd = Command::new("python3");
-    cmd.args([
-        "-c",
-        PTY_PY,
-        user,
-        password,
-        "npm",
-        "login",
-        "--auth-type=legacy",
-    ])
-    .arg("--userconfig")
-    .arg(userconfig)
-    .arg("--registry")
-    .arg(&ctx.registry);
+    cmd.args(["-c", PTY_PY, &script.to_string(), "npm"])
+        .args(args)
+        .arg("--userconfig")
+        .arg(userconfig)
+        .arg("--registry")
+        .arg(&ctx.registry);
     ctx.env(&mut cmd);
     Out::from(cmd.stdin(Stdio::null()).output().expect("run python3"))
 }
@@ -1044,6 +1054,130 @@ fn registration(backend: Backend) {
     ctx.remember(&token);
     assert_whoami(&ctx, &ctx.config_with("alice-npmrc", &token), USER);
     ctx.done();
+}
+
+/// `npm profile get "two-factor auth"`: `disabled` or the mode.
+fn tfa_shown(ctx: &Ctx, config: &Path) -> String {
+    let out = npm_with(ctx, config, &["profile", "get", "two-factor auth"]);
+    out.expect_ok("npm profile get").trim().to_owned()
+}
+
+/// Scenario 6: two-factor authentication. Enrolment in a terminal reading the printed secret,
+/// EOTP without a code, a code once, recovery codes once, login's OTP prompt, disable-2fa.
+fn two_factor(backend: Backend) {
+    let mut ctx = Ctx::new(backend, &[], "two-factor authentication");
+    common::add_user(&ctx.db, USER, PASSWORD);
+    let session = login(&mut ctx, USER, PASSWORD);
+    let config = ctx.config_with("npmrc", &session);
+    assert_eq!(tfa_shown(&ctx, &config), "disabled");
+
+    let script = json!([
+        ["npm password:", PASSWORD],
+        ["OTP code from your authenticator:", "{totp}"]
+    ]);
+    let out = pty_npm(
+        &ctx,
+        &config,
+        &script,
+        &["profile", "enable-2fa", "auth-and-writes"],
+    );
+    assert!(out.ok(), "npm profile enable-2fa failed: {out}");
+    let secret = out
+        .stdout
+        .split_once("enter code:")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no secret shown: {out}"))
+        .to_owned();
+    let recovery: Vec<String> = out
+        .stdout
+        .split_once("recovery codes")
+        .unwrap_or_else(|| panic!("no recovery codes shown: {out}"))
+        .1
+        .split_whitespace()
+        .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(recovery.len(), 10, "{out}");
+    ctx.remember(&secret);
+    for code in &recovery {
+        ctx.remember(code);
+    }
+    assert_eq!(tfa_shown(&ctx, &config), "auth-and-writes");
+
+    // Without a terminal and without --otp, npm can only fail with EOTP.
+    let pw = format!("--password={PASSWORD}");
+    npm_with(&ctx, &config, &["token", "create", &pw])
+        .expect_code("token create without --otp", "EOTP");
+    // The enrolment used the current step; the next one is within the allowed skew.
+    let raw = totp_rs::Secret::Encoded(secret.clone()).to_bytes().unwrap();
+    let step = tokengate::totp::step_of(chrono::Utc::now().timestamp());
+    let otp = format!("--otp={}", tokengate::totp::code_at_step(&raw, step + 1));
+    let out = npm_with(&ctx, &config, &["token", "create", &pw, &otp]);
+    created_token(&mut ctx, &out);
+    npm_with(&ctx, &config, &["token", "create", &pw, &otp])
+        .expect_code("token create with a used code", "EOTP");
+    let otp = format!("--otp={}", recovery[0]);
+    let out = npm_with(&ctx, &config, &["token", "create", &pw, &otp]);
+    created_token(&mut ctx, &out);
+    npm_with(&ctx, &config, &["token", "create", &pw, &otp])
+        .expect_code("token create with a used recovery code", "EOTP");
+
+    // npm login prompts for the OTP; a recovery code typed there works too.
+    let fresh = ctx.dir.path().join("login-npmrc");
+    std::fs::write(&fresh, "").unwrap();
+    let script = json!([
+        ["Username:", USER],
+        ["Password:", PASSWORD],
+        ["Enter OTP:", recovery[1]]
+    ]);
+    let out = pty_npm(&ctx, &fresh, &script, &["login", "--auth-type=legacy"]);
+    assert!(
+        out.ok() && out.stdout.contains("one-time password"),
+        "npm login with 2FA: {out}"
+    );
+    let token = ctx
+        .token_in(&fresh)
+        .unwrap_or_else(|| panic!("npm login saved no token: {out}"));
+    ctx.remember(&token);
+    assert_whoami(&ctx, &fresh, USER);
+
+    // A password change asks for an OTP too, and ends the other login sessions.
+    let new_password = "npm-e2e-Rotated-4242-password";
+    ctx.remember(new_password);
+    let script = json!([
+        ["Current password:", PASSWORD],
+        ["New password:", new_password],
+        ["Again:", new_password],
+        ["Enter OTP:", recovery[2]]
+    ]);
+    let out = pty_npm(&ctx, &config, &script, &["profile", "set", "password"]);
+    assert!(
+        out.ok() && out.stdout.contains("Set password"),
+        "npm profile set password: {out}"
+    );
+    assert_whoami(&ctx, &config, USER);
+    assert_whoami_401(&ctx, &fresh);
+
+    // disable-2fa asks for the password, then for an OTP.
+    let script = json!([["npm password:", new_password], ["Enter OTP:", recovery[3]]]);
+    let out = pty_npm(&ctx, &config, &script, &["profile", "disable-2fa"]);
+    assert!(
+        out.ok() && out.stdout.contains("Two factor authentication disabled."),
+        "npm profile disable-2fa: {out}"
+    );
+    assert_eq!(tfa_shown(&ctx, &config), "disabled");
+    let pw = format!("--password={new_password}");
+    let out = npm_with(&ctx, &config, &["token", "create", &pw]);
+    created_token(&mut ctx, &out);
+
+    ctx.done();
+}
+
+#[test]
+fn npm_two_factor_authentication() {
+    for backend in BACKENDS {
+        two_factor(backend);
+    }
 }
 
 #[test]
