@@ -4,7 +4,7 @@
 use crate::client_ip;
 use crate::error::{ApiError, Challenge};
 use crate::policy::{self, Credential, Requirement};
-use crate::registry_path::classify;
+use crate::registry_path::{route, Route};
 use crate::store::User;
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
@@ -63,47 +63,78 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
     let client = client_ip::resolve(peer, forwarded, &state.config.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(client));
 
-    let op = classify(req.method(), req.uri().path());
-    req.extensions_mut().insert(op);
-    match policy::requirement(op) {
-        Requirement::Public => {}
-        Requirement::Lenient => {
-            let who = identify(&state, req.headers(), client).await.ok().flatten();
-            req.extensions_mut().insert(MaybePrincipal(who));
+    let route = route(req.method(), req.uri().path(), "");
+    req.extensions_mut().insert(route.op);
+    match decide(&state, &route, req.headers(), client).await {
+        Ok(Decision::Open) | Ok(Decision::Anonymous) => {}
+        Ok(Decision::Lenient(who)) => {
+            req.extensions_mut().insert(MaybePrincipal(who.map(|p| *p)));
         }
-        Requirement::Authenticated(access) => {
-            let principal = match identify(&state, req.headers(), client).await {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    return ApiError::unauthorized(
-                        "You must be logged in: run `npm login` against this registry.",
-                        Challenge::Bearer,
-                    )
-                    .into_response()
-                }
-                Err(e) => return e.into_response(),
-            };
-            if let Err(denial) = policy::authorize(&principal.credential, access) {
-                tracing::info!(user = %principal.user.name, ?op, "refused: {}", denial.0);
-                return ApiError::forbidden(denial.0).into_response();
-            }
-            let mode = principal
-                .user
-                .tfa
-                .as_ref()
-                .filter(|t| t.enabled())
-                .map(|t| t.mode);
-            if policy::otp_required(mode, &principal.credential, access) {
-                if let Err(e) =
-                    second_factor::require(&state, &principal.user, req.headers(), client).await
-                {
-                    return e.into_response();
-                }
-            }
-            req.extensions_mut().insert(principal);
+        Ok(Decision::Allowed(principal)) => {
+            req.extensions_mut().insert(*principal);
         }
+        Err(e) => return e.into_response(),
     }
+    req.extensions_mut().insert(route);
     next.run(req).await
+}
+
+/// What the gate decided about a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// No credentials needed (ping, login, the forward-auth endpoint itself).
+    Open,
+    /// The handler decides; the caller, if any credentials were valid.
+    Lenient(Option<Box<Principal>>),
+    /// A registry read without credentials, allowed by `anonymous_read`.
+    Anonymous,
+    /// An authenticated caller allowed to do this.
+    Allowed(Box<Principal>),
+}
+
+/// Decides whether a request for `route` with these headers, from `client`, may go ahead:
+/// the token or password, its CIDR list, the policy, and a one-time password where the
+/// account's two-factor mode asks for one. Used by the gate and the forward-auth endpoint.
+pub async fn decide(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Decision, ApiError> {
+    let access = match policy::requirement(route.op) {
+        Requirement::Public => return Ok(Decision::Open),
+        Requirement::Lenient => {
+            let who = identify(state, headers, client).await.ok().flatten();
+            return Ok(Decision::Lenient(who.map(Box::new)));
+        }
+        Requirement::Authenticated(access) => access,
+    };
+    let principal = match identify(state, headers, client).await? {
+        Some(p) => p,
+        None if policy::anonymous_allowed(route.op, state.config.anonymous_read) => {
+            return Ok(Decision::Anonymous)
+        }
+        None => {
+            return Err(ApiError::unauthorized(
+                "You must be logged in: run `npm login` against this registry.",
+                Challenge::Bearer,
+            ))
+        }
+    };
+    if let Err(denial) = policy::authorize(&principal.credential, access, route) {
+        tracing::info!(user = %principal.user.name, op = ?route.op, "refused: {}", denial.0);
+        return Err(ApiError::forbidden(denial.0));
+    }
+    let mode = principal
+        .user
+        .tfa
+        .as_ref()
+        .filter(|t| t.enabled())
+        .map(|t| t.mode);
+    if policy::otp_required(mode, &principal.credential, access) {
+        second_factor::require(state, &principal.user, headers, client).await?;
+    }
+    Ok(Decision::Allowed(Box::new(principal)))
 }
 
 /// Resolves the `Authorization` header into a principal. `Ok(None)`: no credentials sent.

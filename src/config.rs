@@ -55,6 +55,45 @@ pub struct Config {
     pub auth_failure_limit: usize,
     /// The window for `auth_failure_limit`, in seconds.
     pub auth_failure_window_secs: u64,
+    /// Path of the Prometheus metrics, served without authentication; empty: no metrics.
+    pub metrics_path: String,
+    /// After SIGTERM or Ctrl-C, how long requests in flight may take before the process exits.
+    pub shutdown_timeout_secs: u64,
+    /// Reads of packages without credentials (`npm install` of public packages); writes never.
+    pub anonymous_read: bool,
+    /// The URL clients use to reach tokengate, e.g. `https://npm.example.com`; tarball URLs in
+    /// package documents are rewritten to it. Empty: derived from each request's Host header.
+    pub public_url: String,
+    /// A path prefix under which the registry is mounted (e.g. `/npm`), stripped before a
+    /// request is classified; used by the forward-auth endpoint behind nginx or Traefik.
+    pub registry_path_prefix: String,
+    /// Reverse-proxy mode: the registry behind tokengate.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[upstream]`: the registry tokengate forwards package requests to.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `http://HOST:PORT[/PREFIX]`; empty: no proxying (registry routes answer 404).
+    pub url: String,
+    /// Sent to the upstream as `Authorization` instead of the client's token; empty: none.
+    pub authorization: String,
+    /// How long to wait for the upstream's answer to begin, in seconds.
+    pub timeout_secs: u64,
+    /// How long to wait for a connection to the upstream, in seconds.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: String::new(),
+            authorization: String::new(),
+            timeout_secs: 300,
+            connect_timeout_secs: 5,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +133,12 @@ impl Default for Config {
             tfa_issuer: "tokengate".into(),
             auth_failure_limit: 10,
             auth_failure_window_secs: 300,
+            metrics_path: "/-/metrics".into(),
+            shutdown_timeout_secs: 30,
+            anonymous_read: false,
+            public_url: String::new(),
+            registry_path_prefix: String::new(),
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -151,7 +196,7 @@ impl Config {
                 continue;
             }
             let key = name.to_ascii_lowercase();
-            let Some(default) = defaults.get(&key) else {
+            let Some((section, field, default)) = env_setting(&defaults, &key) else {
                 return Err(ConfigError::Env {
                     var: var.clone(),
                     message: format!("`{key}` is not a setting (see config.example.toml)"),
@@ -161,7 +206,23 @@ impl Config {
                 var: var.clone(),
                 message,
             })?;
-            table.insert(key, parsed);
+            match section {
+                None => {
+                    table.insert(field, parsed);
+                }
+                Some(section) => {
+                    let entry = table
+                        .entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let toml::Value::Table(inner) = entry else {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("`{section}` in the config file is not a table"),
+                        });
+                    };
+                    inner.insert(field, parsed);
+                }
+            }
         }
         if let Some(listen) = overrides.listen {
             table.insert("listen".into(), listen.to_string().into());
@@ -242,8 +303,51 @@ impl Config {
         if self.tfa_issuer.is_empty() || self.tfa_issuer.contains(':') {
             return invalid("tfa_issuer", "must be non-empty and contain no colon");
         }
+        let up = &self.upstream;
+        if !up.url.is_empty() {
+            let parsed = up.url.parse::<axum::http::Uri>().ok();
+            let ok = parsed.as_ref().is_some_and(|u| {
+                u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none()
+            });
+            if !ok {
+                return invalid(
+                    "upstream.url",
+                    "must be an http:// URL such as http://127.0.0.1:4873 (https upstreams are \
+                     not supported: put the registry on a private network or loopback)",
+                );
+            }
+        }
+        if !up.authorization.is_empty()
+            && axum::http::HeaderValue::from_str(&up.authorization).is_err()
+        {
+            return invalid("upstream.authorization", "must be a valid header value");
+        }
+        if up.timeout_secs == 0 || up.connect_timeout_secs == 0 {
+            return invalid(
+                "upstream.timeout_secs",
+                "timeouts must be at least 1 second",
+            );
+        }
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return invalid("public_url", "must start with http:// or https://");
+        }
+        let prefix = &self.registry_path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            return invalid(
+                "registry_path_prefix",
+                "must start with / and not end with / (e.g. /npm), or be empty",
+            );
+        }
         if self.password_min_length == 0 {
             return invalid("password_min_length", "must be at least 1");
+        }
+        if !valid_metrics_path(&self.metrics_path) {
+            return invalid(
+                "metrics_path",
+                "must be empty or a path under /-/ of letters, digits and - _ . / that is not \
+                 one of the npm endpoints (e.g. /-/metrics)",
+            );
         }
         Ok(())
     }
@@ -255,6 +359,9 @@ impl Config {
         if !masked.tfa_key.is_empty() {
             masked.tfa_key = "***".into();
         }
+        if !masked.upstream.authorization.is_empty() {
+            masked.upstream.authorization = "***".into();
+        }
         toml::to_string(&masked).expect("config serializes")
     }
 }
@@ -265,6 +372,23 @@ impl fmt::Debug for Config {
     }
 }
 
+/// Empty (no metrics), or a plain path in npm's `/-/` namespace (package names cannot start
+/// with `-`, so it never hides a package) that no npm endpoint uses.
+fn valid_metrics_path(path: &str) -> bool {
+    use crate::registry_path::{classify, Operation};
+    path.is_empty()
+        || (path.len() > "/-/".len()
+            && path.starts_with("/-/")
+            && !path.contains("//")
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            && matches!(
+                classify(&axum::http::Method::GET, path),
+                Operation::Other { .. }
+            ))
+}
+
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -273,6 +397,24 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| ConfigError::File {
         path: path.to_owned(),
         message: e.message().to_owned(),
+    })
+}
+
+/// The setting an environment key names: a top-level key (`public_url`) or a key of a table
+/// (`upstream_url` → `[upstream] url`). Returns (table, key, default).
+fn env_setting<'a>(
+    defaults: &'a toml::Table,
+    key: &str,
+) -> Option<(Option<String>, String, &'a toml::Value)> {
+    if let Some(default) = defaults.get(key).filter(|v| !v.is_table()) {
+        return Some((None, key.to_owned(), default));
+    }
+    defaults.iter().find_map(|(section, value)| {
+        let inner = value.as_table()?;
+        let field = key.strip_prefix(section.as_str())?.strip_prefix('_')?;
+        inner
+            .get(field)
+            .map(|d| (Some(section.clone()), field.to_owned(), d))
     })
 }
 
@@ -403,12 +545,86 @@ mod tests {
         assert_eq!(example.to_masked_toml(), Config::default().to_masked_toml());
         // Every key is documented in the example.
         let defaults = toml::Table::try_from(Config::default()).unwrap();
-        for key in defaults.keys() {
-            assert!(
-                text.contains(&format!("\n{key} = ")),
-                "{key} missing from example"
-            );
+        for (key, value) in &defaults {
+            match value.as_table() {
+                None => assert!(
+                    text.contains(&format!("\n{key} = ")),
+                    "{key} missing from example"
+                ),
+                Some(section) => {
+                    let body = text
+                        .split_once(&format!("\n[{key}]\n"))
+                        .unwrap_or_else(|| panic!("[{key}] missing from example"))
+                        .1;
+                    for inner in section.keys() {
+                        assert!(
+                            body.contains(&format!("\n{inner} = ")),
+                            "{key}.{inner} missing from example"
+                        );
+                    }
+                }
+            }
         }
+    }
+
+    #[test]
+    fn table_settings_come_from_the_environment_too() {
+        let c = Config::load_from(
+            &Overrides::default(),
+            env(&[
+                ("TOKENGATE_UPSTREAM_URL", "http://127.0.0.1:4873"),
+                ("TOKENGATE_UPSTREAM_TIMEOUT_SECS", "9"),
+                ("TOKENGATE_ANONYMOUS_READ", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.upstream.url, "http://127.0.0.1:4873");
+        assert_eq!(c.upstream.timeout_secs, 9);
+        assert!(c.anonymous_read);
+        let e = Config::load_from(
+            &Overrides::default(),
+            env(&[("TOKENGATE_UPSTREAM_URL", "https://registry.example")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream.url"), "{e}");
+        let e = Config::load_from(
+            &Overrides::default(),
+            env(&[("TOKENGATE_UPSTREAM_NOPE", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream_nope"), "{e}");
+    }
+
+    #[test]
+    fn metrics_path_is_checked() {
+        let with = |path: &str| {
+            Config::load_from(
+                &Overrides::default(),
+                env(&[("TOKENGATE_METRICS_PATH", path)]),
+            )
+        };
+        assert_eq!(with("").unwrap().metrics_path, "");
+        assert_eq!(with("/-/prometheus").unwrap().metrics_path, "/-/prometheus");
+        for bad in [
+            "/metrics",
+            "metrics",
+            "/-/",
+            "/-/whoami",
+            "/-/ping",
+            "/-/x/{y}",
+            "/-/a b",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("metrics_path"), "{bad}: {e}");
+        }
+        let c = Config::load_from(
+            &Overrides::default(),
+            env(&[("TOKENGATE_SHUTDOWN_TIMEOUT_SECS", "0")]),
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_timeout_secs, 0);
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The upstream registry failed or is unreachable.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The upstream registry did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// Too many failed password or OTP attempts: retry after this many seconds.
     #[error("{message}")]
     TooManyAttempts {
@@ -107,6 +113,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -173,6 +173,10 @@ fn load_keys(config: &Config) -> anyhow::Result<KeyRing> {
     Ok(keys)
 }
 
+/// How long closing the database pool may take at exit.
+const POOL_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Completes on SIGTERM (container stop) or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -205,9 +209,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokengate::config::mask_url_password(&config.database_url)
             );
             let keys = load_keys(&config)?;
-            let state = AppState::new(config, store.clone(), keys);
+            let stats = store.clone();
+            let state = AppState::new(config, store.clone(), keys)
+                .with_pool_stats(Arc::new(move || stats.pool_stats()));
             tokengate::serve(listener, state, shutdown_signal()).await?;
-            store.close().await;
+            // Requests abandoned at the shutdown timeout may still hold connections: closing
+            // waits for them only briefly, and their transactions roll back when dropped.
+            if tokio::time::timeout(POOL_CLOSE_TIMEOUT, store.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("database connections still in use; exiting without them");
+            }
+            tracing::info!("stopped");
         }
         Command::Probe { common, addr } => {
             let config = load_config(&common, None)?;

@@ -1,7 +1,7 @@
 //! Who may do what: pure rules over a principal's credential and an operation.
 
-use crate::registry_path::Operation;
-use crate::store::{TfaMode, TokenKind, TokenRecord};
+use crate::registry_path::{Operation, Route};
+use crate::store::{Permission, TfaMode, TokenKind, TokenRecord};
 
 /// What an operation needs from the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,19 +27,22 @@ pub enum Access {
 }
 
 pub fn requirement(op: Operation) -> Requirement {
+    use Operation::*;
     match op {
-        Operation::Ping | Operation::Login | Operation::WebLogin => Requirement::Public,
-        Operation::Logout => Requirement::Lenient,
-        Operation::Whoami | Operation::TokenList | Operation::ProfileRead => {
-            Requirement::Authenticated(Access::Read)
-        }
-        Operation::TokenCreate | Operation::TokenRevoke => {
-            Requirement::Authenticated(Access::ManageTokens)
-        }
-        Operation::ProfileWrite => Requirement::Authenticated(Access::ChangeProfile),
-        Operation::Other { read: true } => Requirement::Authenticated(Access::Read),
-        Operation::Other { read: false } => Requirement::Authenticated(Access::Write),
+        Ping | Login | WebLogin | Verify => Requirement::Public,
+        Logout => Requirement::Lenient,
+        Whoami | TokenList | ProfileRead => Requirement::Authenticated(Access::Read),
+        TokenCreate | TokenRevoke => Requirement::Authenticated(Access::ManageTokens),
+        ProfileWrite => Requirement::Authenticated(Access::ChangeProfile),
+        op if op.is_registry_read() => Requirement::Authenticated(Access::Read),
+        _ => Requirement::Authenticated(Access::Write),
     }
+}
+
+/// May a request without credentials go ahead? Registry reads only, and only when the
+/// registry is configured with `anonymous_read`.
+pub fn anonymous_allowed(op: Operation, anonymous_read: bool) -> bool {
+    anonymous_read && op.is_registry_read()
 }
 
 /// How the caller proved who they are.
@@ -55,25 +58,25 @@ pub enum Credential {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial(pub String);
 
-/// May this credential perform an operation needing `access`?
-pub fn authorize(credential: &Credential, access: Access) -> Result<(), Denial> {
+/// May this credential perform an operation needing `access` on what `route` names?
+pub fn authorize(credential: &Credential, access: Access, route: &Route) -> Result<(), Denial> {
     let token = match credential {
         Credential::Password => return Ok(()),
         Credential::Token(t) => t,
     };
-    if access == Access::Read {
-        return Ok(());
-    }
-    if token.readonly || token.kind == TokenKind::ReadOnly {
+    let what = target_name(route);
+    if access != Access::Read && (token.readonly || token.kind == TokenKind::ReadOnly) {
         return Err(Denial(format!(
-            "This token is read-only: it can read, but it cannot {}. Use a login session \
+            "This token is read-only: it can read, but it cannot {}{what}. Use a login session \
              (npm login) or a token with write access.",
             verb(access)
         )));
     }
     match (token.kind, access) {
         (TokenKind::Session | TokenKind::Publish, _) => Ok(()),
-        (TokenKind::Automation | TokenKind::Granular, Access::Write) => Ok(()),
+        (TokenKind::ReadOnly, _) => Ok(()),
+        (TokenKind::Automation, Access::Read | Access::Write) => Ok(()),
+        (TokenKind::Granular, Access::Read | Access::Write) => granular(token, access, route),
         (kind, _) => {
             let which = match kind {
                 TokenKind::Automation => "An automation",
@@ -84,6 +87,78 @@ pub fn authorize(credential: &Credential, access: Access) -> Result<(), Denial> 
                 verb(access)
             )))
         }
+    }
+}
+
+/// A granular token: packages and scopes with one permission, orgs with another.
+fn granular(token: &TokenRecord, access: Access, route: &Route) -> Result<(), Denial> {
+    let write = access == Access::Write;
+    if let Some(org) = &route.org {
+        if !token.orgs.iter().any(|o| o == org) {
+            return Err(Denial(format!(
+                "This token has no access to the org {org}: it is limited to {}.",
+                listing(&token.orgs, "no orgs")
+            )));
+        }
+        return permits(token.orgs_permission, write, &format!("the org {org}"));
+    }
+    let Some(package) = &route.package else {
+        return if write {
+            Err(Denial(
+                "A granular token can only change the packages, scopes and orgs it lists.".into(),
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    let scope = package
+        .strip_prefix('@')
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(scope, _)| format!("@{scope}"));
+    let covered = token.packages_all
+        || token.packages.iter().any(|p| p == package)
+        || scope.is_some_and(|s| token.scopes.contains(&s));
+    if !covered {
+        let mut limits: Vec<String> = token.packages.clone();
+        limits.extend(token.scopes.iter().map(|s| format!("{s}/*")));
+        return Err(Denial(format!(
+            "This token has no access to the package {package}: it is limited to {}.",
+            listing(&limits, "no packages")
+        )));
+    }
+    permits(
+        token.packages_and_scopes_permission,
+        write,
+        &format!("the package {package}"),
+    )
+}
+
+fn permits(permission: Option<Permission>, write: bool, what: &str) -> Result<(), Denial> {
+    match permission.unwrap_or(Permission::NoAccess) {
+        Permission::NoAccess => Err(Denial(format!(
+            "This token's permission for {what} is no-access."
+        ))),
+        p if write && !p.can_write() => Err(Denial(format!(
+            "This token has read-only access to {what}: it cannot change it."
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn listing(items: &[String], none: &str) -> String {
+    if items.is_empty() {
+        none.to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// ` (the package X)` for messages about a package or org route.
+fn target_name(route: &Route) -> String {
+    match (&route.package, &route.org) {
+        (Some(p), _) => format!(" (the package {p})"),
+        (None, Some(o)) => format!(" (the org {o})"),
+        _ => String::new(),
     }
 }
 
@@ -148,11 +223,19 @@ mod tests {
         }))
     }
 
+    fn no_target() -> Route {
+        crate::registry_path::route(&axum::http::Method::GET, "/-/whoami", "")
+    }
+
+    fn on(method: &str, path: &str) -> Route {
+        crate::registry_path::route(&method.parse().unwrap(), path, "")
+    }
+
     #[test]
     fn permission_table() {
         use Access::*;
         use TokenKind::*;
-        // (credential, access, allowed)
+        // (credential, access, allowed) on a route without a package
         let rows = [
             (token(Session, false), Read, true),
             (token(Session, false), ManageTokens, true),
@@ -169,7 +252,7 @@ mod tests {
             (token(Automation, false), ManageTokens, false),
             (token(Automation, false), ChangeProfile, false),
             (token(Granular, false), Read, true),
-            (token(Granular, false), Write, true),
+            (token(Granular, false), Write, false),
             (token(Granular, false), ManageTokens, false),
             (token(Granular, true), Read, true),
             (token(Granular, true), Write, false),
@@ -179,11 +262,97 @@ mod tests {
         ];
         for (cred, access, allowed) in rows {
             assert_eq!(
-                authorize(&cred, access).is_ok(),
+                authorize(&cred, access, &no_target()).is_ok(),
                 allowed,
                 "{cred:?} {access:?}"
             );
         }
+    }
+
+    fn granular(
+        packages: &[&str],
+        scopes: &[&str],
+        all: bool,
+        permission: Permission,
+        orgs: &[&str],
+        orgs_permission: Option<Permission>,
+    ) -> Credential {
+        let mut cred = token(TokenKind::Granular, !permission.can_write());
+        if let Credential::Token(t) = &mut cred {
+            t.packages = packages.iter().map(|p| p.to_string()).collect();
+            t.scopes = scopes.iter().map(|p| p.to_string()).collect();
+            t.packages_all = all;
+            t.packages_and_scopes_permission = Some(permission);
+            t.orgs = orgs.iter().map(|p| p.to_string()).collect();
+            t.orgs_permission = orgs_permission;
+            t.readonly = false;
+        }
+        cred
+    }
+
+    #[test]
+    fn granular_tokens_are_limited_to_their_packages_scopes_and_orgs() {
+        use Access::*;
+        use Permission::*;
+        let acme = granular(&["lodash"], &["@acme"], false, ReadWrite, &[], None);
+        let reader = granular(&["lodash"], &["@acme"], false, ReadOnly, &[], None);
+        let all = granular(&[], &[], true, ReadWrite, &[], None);
+        let none = granular(&[], &[], true, NoAccess, &[], None);
+        let org = granular(&[], &[], false, ReadWrite, &["acme"], Some(ReadWrite));
+        let org_reader = granular(&[], &[], false, ReadWrite, &["acme"], Some(ReadOnly));
+        // (credential, access, method, path, allowed)
+        let rows = [
+            (&acme, Write, "PUT", "/@acme%2fx", true),
+            (&acme, Write, "PUT", "/@other%2fy", false),
+            (&acme, Write, "PUT", "/lodash", true),
+            (&acme, Write, "PUT", "/lodash-extra", false),
+            (&acme, Read, "GET", "/@acme/x/-/x-1.0.0.tgz", true),
+            (&acme, Read, "GET", "/@other%2fy", false),
+            (
+                &acme,
+                Write,
+                "PUT",
+                "/-/package/@acme%2fx/dist-tags/beta",
+                true,
+            ),
+            (&acme, Write, "DELETE", "/@acme%2fx/-rev/1-a", true),
+            (&acme, Read, "GET", "/-/v1/search?text=x", true),
+            (&acme, Write, "PUT", "/-/org/acme/user", false),
+            (&reader, Read, "GET", "/@acme%2fx", true),
+            (&reader, Write, "PUT", "/@acme%2fx", false),
+            (&all, Write, "PUT", "/anything", true),
+            (&all, Write, "PUT", "/@any%2fthing", true),
+            (&none, Read, "GET", "/anything", false),
+            (&org, Write, "PUT", "/-/org/acme/user", true),
+            (&org, Write, "PUT", "/-/team/acme/devs/user", true),
+            (&org, Write, "PUT", "/-/org/other/user", false),
+            // orgs never grant publishing.
+            (&org, Write, "PUT", "/@acme%2fx", false),
+            (&org_reader, Read, "GET", "/-/org/acme/user", true),
+            (&org_reader, Write, "PUT", "/-/org/acme/user", false),
+        ];
+        for (cred, access, method, path, allowed) in rows {
+            let got = authorize(cred, access, &on(method, path));
+            assert_eq!(got.is_ok(), allowed, "{method} {path}: {got:?}");
+        }
+        let denial = authorize(&acme, Write, &on("PUT", "/@other%2fy")).unwrap_err();
+        assert!(
+            denial.0.contains("@other/y") && denial.0.contains("@acme/*"),
+            "{}",
+            denial.0
+        );
+        let denial = authorize(&reader, Write, &on("PUT", "/@acme%2fx")).unwrap_err();
+        assert!(denial.0.contains("read-only"), "{}", denial.0);
+    }
+
+    #[test]
+    fn anonymous_reads_only_when_configured() {
+        assert!(anonymous_allowed(Operation::PackageRead, true));
+        assert!(anonymous_allowed(Operation::TarballDownload, true));
+        assert!(!anonymous_allowed(Operation::PackageRead, false));
+        assert!(!anonymous_allowed(Operation::PackageWrite, true));
+        assert!(!anonymous_allowed(Operation::Whoami, true));
+        assert!(!anonymous_allowed(Operation::TokenList, true));
     }
 
     #[test]
@@ -223,12 +392,27 @@ mod tests {
 
     #[test]
     fn read_only_refusal_says_so() {
-        let err = authorize(&token(TokenKind::ReadOnly, true), Access::ManageTokens).unwrap_err();
+        let none = no_target();
+        let err = authorize(
+            &token(TokenKind::ReadOnly, true),
+            Access::ManageTokens,
+            &none,
+        )
+        .unwrap_err();
         assert!(err.0.contains("read-only"), "{}", err.0);
-        let err = authorize(&token(TokenKind::Granular, false), Access::ManageTokens).unwrap_err();
+        let err = authorize(
+            &token(TokenKind::Granular, false),
+            Access::ManageTokens,
+            &none,
+        )
+        .unwrap_err();
         assert!(err.0.starts_with("A granular token"), "{}", err.0);
-        let err =
-            authorize(&token(TokenKind::Automation, false), Access::ManageTokens).unwrap_err();
+        let err = authorize(
+            &token(TokenKind::Automation, false),
+            Access::ManageTokens,
+            &none,
+        )
+        .unwrap_err();
         assert!(err.0.starts_with("An automation token"), "{}", err.0);
     }
 
@@ -244,5 +428,14 @@ mod tests {
             requirement(Operation::Other { read: false }),
             Requirement::Authenticated(Access::Write)
         );
+        assert_eq!(
+            requirement(Operation::Audit),
+            Requirement::Authenticated(Access::Read)
+        );
+        assert_eq!(
+            requirement(Operation::Unpublish),
+            Requirement::Authenticated(Access::Write)
+        );
+        assert_eq!(requirement(Operation::Verify), Requirement::Public);
     }
 }

@@ -1,6 +1,8 @@
-//! What a request is: a pure function from method and path to an [`Operation`].
+//! What a request is: a pure function from method, path and query to a [`Route`]: the
+//! [`Operation`] and the package or org it concerns.
 
 use axum::http::Method;
+use percent_encoding::percent_decode_str;
 
 /// The operations tokengate tells apart. Each maps to what it requires in [`crate::policy`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,30 +27,220 @@ pub enum Operation {
     ProfileRead,
     /// `POST /-/npm/v1/user`.
     ProfileWrite,
+    /// `/-/auth/verify`: the forward-auth endpoint decides for itself.
+    Verify,
+    /// `GET /NAME`, `GET /NAME/VERSION` (also `?write=true`, a read before a write).
+    PackageRead,
+    /// `GET /NAME/-/FILE.tgz`.
+    TarballDownload,
+    /// `PUT /NAME` (publish, deprecate, star), `PUT /NAME/-rev/REV` (owner change, partial
+    /// unpublish), `POST /-/stage/package/NAME` (staged publish).
+    PackageWrite,
+    /// `DELETE /NAME/-rev/REV`, `DELETE /NAME/-/FILE.tgz/-rev/REV`.
+    Unpublish,
+    /// `GET /-/package/NAME/dist-tags`.
+    DistTagsRead,
+    /// `PUT`/`DELETE`/`POST /-/package/NAME/dist-tags/TAG`.
+    DistTagsWrite,
+    /// `GET /-/package/NAME/access|visibility|collaborators`.
+    AccessRead,
+    /// `POST`/`PUT /-/package/NAME/access`.
+    AccessWrite,
+    /// `GET /-/org/ORG/…`, `GET /-/team/ORG/…`.
+    OrgRead,
+    /// Changes to `/-/org/ORG/…`, `/-/team/ORG/…`.
+    OrgWrite,
+    /// `GET /-/v1/search`.
+    Search,
+    /// `POST /-/npm/v1/security/…` (`npm audit`): a POST that only reads.
+    Audit,
     /// Anything else: a read when the method is GET or HEAD, else a write.
     Other { read: bool },
 }
 
+impl Operation {
+    /// Whether the operation belongs to the registry behind tokengate (forwarded in proxy
+    /// mode) rather than to tokengate itself.
+    pub fn is_registry(self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            PackageRead
+                | TarballDownload
+                | PackageWrite
+                | Unpublish
+                | DistTagsRead
+                | DistTagsWrite
+                | AccessRead
+                | AccessWrite
+                | OrgRead
+                | OrgWrite
+                | Search
+                | Audit
+                | Other { .. }
+        )
+    }
+
+    /// Registry operations that change nothing.
+    pub fn is_registry_read(self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            PackageRead
+                | TarballDownload
+                | DistTagsRead
+                | AccessRead
+                | OrgRead
+                | Search
+                | Audit
+                | Other { read: true }
+        )
+    }
+}
+
+/// A classified request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub op: Operation,
+    /// The package, decoded: `lodash` or `@scope/name`.
+    pub package: Option<String>,
+    /// The org of org and team routes.
+    pub org: Option<String>,
+}
+
+impl Route {
+    fn plain(op: Operation) -> Route {
+        Route {
+            op,
+            package: None,
+            org: None,
+        }
+    }
+
+    fn package(op: Operation, package: String) -> Route {
+        Route {
+            op,
+            package: Some(package),
+            org: None,
+        }
+    }
+}
+
 /// Classifies a request by method and path (the path as it arrived, still percent-encoded).
 pub fn classify(method: &Method, path: &str) -> Operation {
+    route(method, path, "").op
+}
+
+/// Classifies a request by method and path (still percent-encoded, with or without a query),
+/// after stripping `prefix` (a registry mounted under a path, e.g. `/npm`).
+pub fn route(method: &Method, path: &str, prefix: &str) -> Route {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = match path.strip_prefix(prefix) {
+        Some(rest) if !prefix.is_empty() && (rest.is_empty() || rest.starts_with('/')) => rest,
+        _ => path,
+    };
     let read = method == Method::GET || method == Method::HEAD;
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        (&Method::GET, ["-", "ping"]) => Operation::Ping,
-        (&Method::GET, ["-", "health", "live" | "ready"]) => Operation::Ping,
-        (&Method::GET, ["-", "whoami"]) => Operation::Whoami,
-        (&Method::PUT, ["-", "user", user, ..]) if is_couch_user(user) => Operation::Login,
-        (&Method::GET, ["-", "user", user]) if is_couch_user(user) => Operation::ProfileRead,
-        (&Method::DELETE, ["-", "user", "token", _]) => Operation::Logout,
-        (&Method::POST, ["-", "v1", "login"]) => Operation::WebLogin,
-        (&Method::GET, ["-", "v1", "done" | "login", ..]) => Operation::WebLogin,
-        (&Method::GET, ["-", "npm", "v1", "tokens"]) => Operation::TokenList,
-        (&Method::POST, ["-", "npm", "v1", "tokens"]) => Operation::TokenCreate,
-        (&Method::DELETE, ["-", "npm", "v1", "tokens", "token", _]) => Operation::TokenRevoke,
-        (&Method::GET, ["-", "npm", "v1", "user"]) => Operation::ProfileRead,
-        (&Method::POST, ["-", "npm", "v1", "user"]) => Operation::ProfileWrite,
-        _ => Operation::Other { read },
+    let raw: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if raw.first() == Some(&"-") {
+        return tokengate_or_registry_route(method, &raw, read);
     }
+    package_route(method, &raw, read)
+}
+
+fn tokengate_or_registry_route(method: &Method, raw: &[&str], read: bool) -> Route {
+    use Operation::*;
+    let op = match (method, raw) {
+        (&Method::GET, ["-", "ping"]) => Ping,
+        (&Method::GET, ["-", "health", "live" | "ready"]) => Ping,
+        (_, ["-", "auth", "verify"]) => Verify,
+        (&Method::GET, ["-", "whoami"]) => Whoami,
+        (&Method::PUT, ["-", "user", user, ..]) if is_couch_user(user) => Login,
+        (&Method::GET, ["-", "user", user]) if is_couch_user(user) => ProfileRead,
+        (&Method::DELETE, ["-", "user", "token", _]) => Logout,
+        (&Method::POST, ["-", "v1", "login"]) => WebLogin,
+        (&Method::GET, ["-", "v1", "done" | "login", ..]) => WebLogin,
+        (&Method::GET, ["-", "v1", "search"]) => Search,
+        (&Method::GET, ["-", "npm", "v1", "tokens"]) => TokenList,
+        (&Method::POST, ["-", "npm", "v1", "tokens"]) => TokenCreate,
+        (&Method::DELETE, ["-", "npm", "v1", "tokens", "token", _]) => TokenRevoke,
+        (&Method::GET, ["-", "npm", "v1", "user"]) => ProfileRead,
+        (&Method::POST, ["-", "npm", "v1", "user"]) => ProfileWrite,
+        (&Method::POST, ["-", "npm", "v1", "security", ..]) => Audit,
+        (_, ["-", "package", rest @ ..]) => return package_admin_route(rest, read),
+        (&Method::POST, ["-", "stage", "package", rest @ ..]) => {
+            return match package_name(rest) {
+                Some((name, _)) => Route::package(PackageWrite, name),
+                None => Route::plain(Other { read }),
+            };
+        }
+        (_, ["-", "org" | "team", org, ..]) if !org.is_empty() => {
+            return Route {
+                op: if read { OrgRead } else { OrgWrite },
+                package: None,
+                org: Some(decode(org).trim_start_matches('@').to_owned()),
+            };
+        }
+        _ => Other { read },
+    };
+    Route::plain(op)
+}
+
+/// `/-/package/NAME/dist-tags[/TAG]`, `/-/package/NAME/access|visibility|collaborators`.
+fn package_admin_route(rest: &[&str], read: bool) -> Route {
+    use Operation::*;
+    let Some((name, tail)) = package_name(rest) else {
+        return Route::plain(Other { read });
+    };
+    let op = match (tail.first().copied(), read) {
+        (Some("dist-tags"), true) => DistTagsRead,
+        (Some("dist-tags"), false) => DistTagsWrite,
+        (Some("access" | "visibility" | "collaborators"), true) => AccessRead,
+        (Some("access" | "visibility" | "collaborators"), false) => AccessWrite,
+        _ => Other { read },
+    };
+    Route::package(op, name)
+}
+
+/// `/NAME…` and `/@scope%2fname…`.
+fn package_route(method: &Method, raw: &[&str], read: bool) -> Route {
+    use Operation::*;
+    let Some((name, tail)) = package_name(raw) else {
+        return Route::plain(Other { read });
+    };
+    let op = match (method, tail) {
+        (&Method::GET | &Method::HEAD, []) | (&Method::GET | &Method::HEAD, [_]) => PackageRead,
+        (&Method::GET | &Method::HEAD, ["-", file]) if !file.is_empty() => TarballDownload,
+        (&Method::PUT, []) | (&Method::PUT, ["-rev", _]) => PackageWrite,
+        (&Method::DELETE, _) => Unpublish,
+        (_, _) if read => Other { read },
+        // Any other change to a package is a write to that package.
+        _ => PackageWrite,
+    };
+    Route::package(op, name)
+}
+
+/// The package name at the start of `segments` and the segments after it. A scoped name is
+/// one encoded segment (`@scope%2fname`) or two (`@scope/name`).
+fn package_name<'a, 'b>(segments: &'a [&'b str]) -> Option<(String, &'a [&'b str])> {
+    let first = decode(segments.first()?);
+    if first.is_empty() {
+        return None;
+    }
+    if first.starts_with('@') {
+        if first.contains('/') {
+            return Some((first, &segments[1..]));
+        }
+        let second = decode(segments.get(1)?);
+        if second.is_empty() {
+            return None;
+        }
+        return Some((format!("{first}/{second}"), &segments[2..]));
+    }
+    Some((first, &segments[1..]))
+}
+
+fn decode(segment: &str) -> String {
+    percent_decode_str(segment).decode_utf8_lossy().into_owned()
 }
 
 fn is_couch_user(segment: &str) -> bool {
@@ -102,9 +294,9 @@ mod tests {
             ),
             ("GET", "/-/npm/v1/user", Operation::ProfileRead),
             ("POST", "/-/npm/v1/user", Operation::ProfileWrite),
-            ("GET", "/lodash", Operation::Other { read: true }),
-            ("HEAD", "/lodash", Operation::Other { read: true }),
-            ("PUT", "/lodash", Operation::Other { read: false }),
+            ("GET", "/lodash", Operation::PackageRead),
+            ("HEAD", "/lodash", Operation::PackageRead),
+            ("PUT", "/lodash", Operation::PackageWrite),
             (
                 "DELETE",
                 "/-/npm/v1/tokens",
@@ -120,6 +312,193 @@ mod tests {
             let m: Method = method.parse().unwrap();
             assert_eq!(classify(&m, path), want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn registry_routes_of_npm_9_to_11() {
+        use Operation::*;
+        let p = |s: &str| Some(s.to_owned());
+        // (method, path, operation, package, org)
+        type Case = (
+            &'static str,
+            &'static str,
+            Operation,
+            Option<String>,
+            Option<String>,
+        );
+        let cases: &[Case] = &[
+            ("GET", "/lodash", PackageRead, p("lodash"), None),
+            ("HEAD", "/lodash", PackageRead, p("lodash"), None),
+            ("GET", "/lodash?write=true", PackageRead, p("lodash"), None),
+            ("GET", "/lodash/4.17.21", PackageRead, p("lodash"), None),
+            ("GET", "/@acme%2fx", PackageRead, p("@acme/x"), None),
+            ("GET", "/@acme%2Fx", PackageRead, p("@acme/x"), None),
+            ("GET", "/@acme/x", PackageRead, p("@acme/x"), None),
+            ("GET", "/%40acme%2fx", PackageRead, p("@acme/x"), None),
+            ("GET", "/@acme/x/1.0.0", PackageRead, p("@acme/x"), None),
+            (
+                "GET",
+                "/lodash/-/lodash-4.17.21.tgz",
+                TarballDownload,
+                p("lodash"),
+                None,
+            ),
+            (
+                "GET",
+                "/@acme/x/-/x-1.0.0.tgz",
+                TarballDownload,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "GET",
+                "/@acme%2fx/-/x-1.0.0.tgz",
+                TarballDownload,
+                p("@acme/x"),
+                None,
+            ),
+            ("PUT", "/@acme%2fx", PackageWrite, p("@acme/x"), None),
+            ("PUT", "/lodash", PackageWrite, p("lodash"), None),
+            ("PUT", "/lodash/-rev/3-abc", PackageWrite, p("lodash"), None),
+            ("DELETE", "/lodash/-rev/3-abc", Unpublish, p("lodash"), None),
+            (
+                "DELETE",
+                "/@acme%2fx/-rev/3-abc",
+                Unpublish,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "DELETE",
+                "/lodash/-/lodash-1.0.0.tgz/-rev/4-def",
+                Unpublish,
+                p("lodash"),
+                None,
+            ),
+            (
+                "POST",
+                "/-/stage/package/@acme%2fx",
+                PackageWrite,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "GET",
+                "/-/package/@acme%2fx/dist-tags",
+                DistTagsRead,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "GET",
+                "/-/package/lodash/dist-tags",
+                DistTagsRead,
+                p("lodash"),
+                None,
+            ),
+            (
+                "PUT",
+                "/-/package/@acme%2fx/dist-tags/beta",
+                DistTagsWrite,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "DELETE",
+                "/-/package/lodash/dist-tags/beta",
+                DistTagsWrite,
+                p("lodash"),
+                None,
+            ),
+            (
+                "GET",
+                "/-/package/@acme%2fx/access",
+                AccessRead,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "POST",
+                "/-/package/@acme%2fx/access",
+                AccessWrite,
+                p("@acme/x"),
+                None,
+            ),
+            (
+                "GET",
+                "/-/package/lodash/visibility",
+                AccessRead,
+                p("lodash"),
+                None,
+            ),
+            (
+                "GET",
+                "/-/package/lodash/collaborators",
+                AccessRead,
+                p("lodash"),
+                None,
+            ),
+            ("GET", "/-/org/acme/user", OrgRead, None, p("acme")),
+            ("PUT", "/-/org/acme/user", OrgWrite, None, p("acme")),
+            ("DELETE", "/-/org/%40acme/user", OrgWrite, None, p("acme")),
+            (
+                "PUT",
+                "/-/team/acme/devs/package",
+                OrgWrite,
+                None,
+                p("acme"),
+            ),
+            ("GET", "/-/team/acme/devs/user", OrgRead, None, p("acme")),
+            ("GET", "/-/v1/search?text=x", Search, None, None),
+            (
+                "POST",
+                "/-/npm/v1/security/advisories/bulk",
+                Audit,
+                None,
+                None,
+            ),
+            ("POST", "/-/npm/v1/security/audits/quick", Audit, None, None),
+            (
+                "GET",
+                "/-/user/bob/package",
+                Other { read: true },
+                None,
+                None,
+            ),
+            ("GET", "/-/auth/verify", Verify, None, None),
+            ("GET", "/", Other { read: true }, None, None),
+            ("POST", "/lodash", PackageWrite, p("lodash"), None),
+        ];
+        for (method, path, op, package, org) in cases {
+            let m: Method = method.parse().unwrap();
+            let want = Route {
+                op: *op,
+                package: package.clone(),
+                org: org.clone(),
+            };
+            assert_eq!(route(&m, path, ""), want, "{method} {path}");
+        }
+        assert!(PackageRead.is_registry_read() && !PackageWrite.is_registry_read());
+        assert!(!Login.is_registry() && Other { read: false }.is_registry());
+    }
+
+    #[test]
+    fn a_registry_under_a_path_prefix() {
+        let get = Method::GET;
+        assert_eq!(
+            route(&get, "/npm/@acme%2fx/-/x-1.0.0.tgz", "/npm"),
+            Route::package(Operation::TarballDownload, "@acme/x".into())
+        );
+        assert_eq!(
+            route(&get, "/npm", "/npm").op,
+            Operation::Other { read: true }
+        );
+        assert_eq!(route(&get, "/npm/-/whoami", "/npm").op, Operation::Whoami);
+        // Only whole segments are a prefix.
+        assert_eq!(
+            route(&get, "/npmx", "/npm"),
+            Route::package(Operation::PackageRead, "npmx".into())
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! /dev/null, so nothing on the machine leaks in and nothing can wait for input.
 
 mod common;
+#[path = "npm_cli/gate.rs"]
+mod gate;
 
 use common::{Backend, Server, TestDb, BACKENDS};
 use serde_json::{json, Value};
@@ -37,6 +39,7 @@ const ops = {
   adduser: () => profile.adduserCouch(a.username, a.email, a.password, opts),
   createToken: () => profile.createToken(a.password, a.readonly, a.cidrs, opts),
   get: () => fetch.json(a.path, opts),
+  post: () => fetch.json(a.path, { ...opts, method: 'POST', body: a.body, otp: a.otp }),
 };
 ops[op]().then(
   (r) => console.log(JSON.stringify({ ok: r })),
@@ -181,6 +184,9 @@ struct Ctx {
     secrets: Vec<String>,
     started: Instant,
     label: String,
+    /// The TOTP secret (base32) and unused recovery codes once a scenario enabled 2FA.
+    tfa_secret: Option<String>,
+    recovery: Vec<String>,
 }
 
 impl Ctx {
@@ -213,6 +219,8 @@ impl Ctx {
             secrets: vec![PASSWORD.to_owned()],
             started,
             label: format!("{label} on {backend:?}"),
+            tfa_secret: None,
+            recovery: Vec::new(),
         }
     }
 
@@ -1062,25 +1070,14 @@ fn tfa_shown(ctx: &Ctx, config: &Path) -> String {
     out.expect_ok("npm profile get").trim().to_owned()
 }
 
-/// Scenario 6: two-factor authentication. Enrolment in a terminal reading the printed secret,
-/// EOTP without a code, a code once, recovery codes once, login's OTP prompt, disable-2fa.
-fn two_factor(backend: Backend) {
-    let mut ctx = Ctx::new(backend, &[], "two-factor authentication");
-    common::add_user(&ctx.db, USER, PASSWORD);
-    let session = login(&mut ctx, USER, PASSWORD);
-    let config = ctx.config_with("npmrc", &session);
-    assert_eq!(tfa_shown(&ctx, &config), "disabled");
-
+/// `npm profile enable-2fa MODE` in a terminal, answering with a code computed from the
+/// secret npm prints. Returns the secret (base32) and the recovery codes.
+fn enable_2fa(ctx: &mut Ctx, config: &Path, mode: &str) -> (String, Vec<String>) {
     let script = json!([
         ["npm password:", PASSWORD],
         ["OTP code from your authenticator:", "{totp}"]
     ]);
-    let out = pty_npm(
-        &ctx,
-        &config,
-        &script,
-        &["profile", "enable-2fa", "auth-and-writes"],
-    );
+    let out = pty_npm(ctx, config, &script, &["profile", "enable-2fa", mode]);
     assert!(out.ok(), "npm profile enable-2fa failed: {out}");
     let secret = out
         .stdout
@@ -1102,6 +1099,19 @@ fn two_factor(backend: Backend) {
     for code in &recovery {
         ctx.remember(code);
     }
+    (secret, recovery)
+}
+
+/// Scenario 6: two-factor authentication. Enrolment in a terminal reading the printed secret,
+/// EOTP without a code, a code once, recovery codes once, login's OTP prompt, disable-2fa.
+fn two_factor(backend: Backend) {
+    let mut ctx = Ctx::new(backend, &[], "two-factor authentication");
+    common::add_user(&ctx.db, USER, PASSWORD);
+    let session = login(&mut ctx, USER, PASSWORD);
+    let config = ctx.config_with("npmrc", &session);
+    assert_eq!(tfa_shown(&ctx, &config), "disabled");
+
+    let (secret, recovery) = enable_2fa(&mut ctx, &config, "auth-and-writes");
     assert_eq!(tfa_shown(&ctx, &config), "auth-and-writes");
 
     // Without a terminal and without --otp, npm can only fail with EOTP.

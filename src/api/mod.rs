@@ -3,6 +3,7 @@
 pub mod profile;
 pub mod tokens;
 pub mod user;
+pub mod verify;
 
 use crate::error::ApiError;
 use axum::body::Bytes;

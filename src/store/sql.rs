@@ -88,6 +88,11 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Connections open in the pool (idle and in use) and how many of them are idle.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
 }
 
 /// `sqlite://file.db` → `sqlite://file.db?mode=rwc`, so a missing file is created.

@@ -1,0 +1,84 @@
+//! `/-/auth/verify`: forward authentication for a proxy in front of the registry (nginx
+//! `auth_request`, Traefik `forwardAuth`, Envoy's HTTP `ext_authz`). The proxy sends the
+//! original request's credentials, method and URI; the answer is the gate's decision.
+
+use crate::auth::{self, ClientAddr, Decision};
+use crate::error::ApiError;
+use crate::registry_path;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Where proxies put the original method and URI: Traefik's names first, then the ones
+/// nginx configurations usually set.
+const METHOD_HEADERS: [&str; 2] = ["x-forwarded-method", "x-original-method"];
+const URI_HEADERS: [&str; 2] = ["x-forwarded-uri", "x-original-uri"];
+
+/// The caller's name on success.
+pub const USER_HEADER: &str = "x-auth-user";
+/// A short, non-secret id of the token used (the start of its SHA-512 key).
+pub const KEY_HEADER: &str = "x-auth-token-key";
+/// On refusal, the message as a JSON string, for proxies that write their own error body.
+pub const ERROR_HEADER: &str = "x-auth-error";
+
+fn first<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Response {
+    match check(&state, client, &headers).await {
+        Ok(response) => response,
+        Err(e) => {
+            let message = serde_json::to_string(&e.to_string()).unwrap_or_default();
+            let mut response = e.into_response();
+            if let Ok(v) = HeaderValue::from_str(&message) {
+                response.headers_mut().insert(ERROR_HEADER, v);
+            }
+            response
+        }
+    }
+}
+
+async fn check(
+    state: &AppState,
+    client: std::net::IpAddr,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let method = match first(headers, &METHOD_HEADERS) {
+        Some(m) => m.parse::<Method>().map_err(|_| {
+            ApiError::bad_request("X-Forwarded-Method / X-Original-Method is not an HTTP method.")
+        })?,
+        None => Method::GET,
+    };
+    let uri = first(headers, &URI_HEADERS).ok_or_else(|| {
+        ApiError::bad_request(
+            "Send the original request's URI in X-Forwarded-Uri (Traefik) or X-Original-URI \
+             (nginx: proxy_set_header X-Original-URI $request_uri).",
+        )
+    })?;
+    let route = registry_path::route(&method, uri, &state.config.registry_path_prefix);
+    let decision = auth::decide(state, &route, headers, client).await?;
+    let mut response = StatusCode::OK.into_response();
+    if let Decision::Allowed(principal) = decision {
+        let out = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&principal.user.name) {
+            out.insert(USER_HEADER, v);
+        }
+        if let Some(key) = principal.token_key() {
+            out.insert(
+                KEY_HEADER,
+                HeaderValue::from_str(key.short()).expect("hex is a header value"),
+            );
+        }
+    }
+    Ok(response)
+}
