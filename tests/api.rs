@@ -1698,3 +1698,247 @@ async fn administrator_turns_off_two_factor() {
         );
     }
 }
+
+// ---- The gate on registry routes, forward auth, and the proxy ----
+
+/// A stand-in upstream that answers every request with what it received.
+async fn echo_upstream() -> String {
+    use axum::extract::Request;
+    let app = axum::Router::new().fallback(|req: Request| async move {
+        let headers: serde_json::Map<String, Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
+        let uri = req.uri().to_string();
+        let method = req.method().to_string();
+        let own = format!(
+            "http://{}/registry/x/-/x-1.0.0.tgz",
+            req.headers()["host"].to_str().unwrap()
+        );
+        let body = String::from_utf8(
+            axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        axum::Json(json!({
+            "method": method, "uri": uri, "headers": headers, "body": body,
+            "versions": {
+                "1.0.0": {"dist": {"tarball": own}},
+                "2.0.0": {"dist": {"tarball": "http://upstream.invalid/x/-/x-2.0.0.tgz"}}
+            }
+        }))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn proxy_forwards_without_client_credentials() {
+    for backend in BACKENDS {
+        let upstream = echo_upstream().await;
+        let up = upstream.clone();
+        let h = harness(backend, move |c| {
+            c.upstream.url = format!("{up}/registry");
+            c.upstream.authorization = "Bearer upstream-service-account".into();
+            c.public_url = "https://npm.example.com".into();
+        })
+        .await;
+        let session = h.login("alice").await;
+        let auth = format!("Bearer {session}");
+        let a = h
+            .call_from(
+                LOCAL,
+                Method::PUT,
+                "/@acme%2fx",
+                &[
+                    ("authorization", &auth),
+                    ("x-forwarded-user", "mallory"),
+                    ("npm-otp", "123456"),
+                    ("connection", "keep-alive, x-hop"),
+                    ("x-hop", "1"),
+                    ("npm-command", "publish"),
+                ],
+                Some(Body::from(r#"{"name":"@acme/x"}"#)),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let seen = &a.body["headers"];
+        assert_eq!(a.body["uri"], "/registry/@acme%2fx");
+        assert_eq!(a.body["method"], "PUT");
+        assert_eq!(a.body["body"], r#"{"name":"@acme/x"}"#);
+        assert_eq!(seen["authorization"], "Bearer upstream-service-account");
+        assert_eq!(seen["x-forwarded-user"], "alice");
+        assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(seen["x-forwarded-proto"], "https");
+        assert_eq!(seen["npm-command"], "publish");
+        assert!(
+            seen.get("npm-otp").is_none() && seen.get("x-hop").is_none(),
+            "{seen}"
+        );
+        assert!(!a.body.to_string().contains(&session));
+
+        // Package documents: tarball URLs of the upstream point at the gate. Others are not
+        // rewritten.
+        let a = h.call(Method::GET, "/x", Some(&session), None).await;
+        assert_eq!(
+            a.body["versions"]["1.0.0"]["dist"]["tarball"],
+            "https://npm.example.com/x/-/x-1.0.0.tgz"
+        );
+        assert_eq!(
+            a.body["versions"]["2.0.0"]["dist"]["tarball"],
+            "http://upstream.invalid/x/-/x-2.0.0.tgz"
+        );
+        // Refusals happen before anything is forwarded.
+        let a = h.call(Method::GET, "/x", None, None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        // tokengate's own routes are never forwarded.
+        let a = h.call(Method::GET, "/-/whoami", Some(&session), None).await;
+        assert_eq!(a.body, json!({"username": "alice"}));
+    }
+}
+
+#[tokio::test]
+async fn proxy_rewrites_tarball_urls_of_its_upstream() {
+    let upstream = echo_upstream().await;
+    let authority = upstream.trim_start_matches("http://").to_owned();
+    let up = upstream.clone();
+    let h = harness(Backend::Sqlite, move |c| c.upstream.url = up).await;
+    let session = h.login("alice").await;
+    // The echo upstream's document names itself when asked for its own authority.
+    let a = h
+        .call_from(
+            LOCAL,
+            Method::GET,
+            "/x",
+            &[
+                ("authorization", &format!("Bearer {session}")),
+                ("host", "gate.example:8443"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["headers"]["host"], authority.as_str());
+    assert_eq!(a.body["headers"]["x-forwarded-host"], "gate.example:8443");
+    assert_eq!(a.body["headers"]["accept-encoding"], "identity");
+    // Without public_url, the gate's own Host names it.
+    assert_eq!(
+        a.body["versions"]["1.0.0"]["dist"]["tarball"],
+        "http://gate.example:8443/registry/x/-/x-1.0.0.tgz"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let h = harness(Backend::Sqlite, move |c| {
+        c.upstream.url = format!("http://127.0.0.1:{port}");
+    })
+    .await;
+    let session = h.login("alice").await;
+    let a = h.call(Method::GET, "/lodash", Some(&session), None).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+    assert!(a.error().contains("unreachable"), "{}", a.error());
+}
+
+#[tokio::test]
+async fn anonymous_reads_only_when_configured() {
+    for anonymous_read in [false, true] {
+        let h = harness(Backend::Sqlite, move |c| c.anonymous_read = anonymous_read).await;
+        // No upstream: a read that passes the gate ends in a 404.
+        let a = h.call(Method::GET, "/lodash", None, None).await;
+        let want = if anonymous_read {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(a.status, want, "{}", a.body);
+        let a = h.call(Method::PUT, "/lodash", None, Some(json!({}))).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        let a = h.call(Method::GET, "/-/whoami", None, None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_answers_for_the_original_request() {
+    for backend in BACKENDS {
+        let h = harness(backend, |c| {
+            c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            c.registry_path_prefix = "/npm".into();
+        })
+        .await;
+        let session = h.login("alice").await;
+        let read_only = h.create_ok(&session, json!({"readonly": true})).await;
+        let acme = h
+            .create_ok(
+                &session,
+                json!({"scopes": ["@acme"], "packages_and_scopes_permission": "read-write"}),
+            )
+            .await;
+        let cidr = h
+            .create_ok(&session, json!({"cidr_whitelist": ["10.0.0.0/8"]}))
+            .await;
+        let verify = |token: Option<String>, method: &str, uri: &str, nginx: bool| {
+            let h = &h;
+            let (method, uri) = (method.to_owned(), uri.to_owned());
+            async move {
+                let auth = token.map(|t| format!("Bearer {t}"));
+                let (m, u) = if nginx {
+                    ("x-original-method", "x-original-uri")
+                } else {
+                    ("x-forwarded-method", "x-forwarded-uri")
+                };
+                let mut headers = vec![(m, method.as_str()), (u, uri.as_str())];
+                if let Some(a) = &auth {
+                    headers.push(("authorization", a.as_str()));
+                }
+                headers.push(("x-forwarded-for", "192.0.2.7"));
+                h.call_from(LOCAL, Method::GET, "/-/auth/verify", &headers, None)
+                    .await
+            }
+        };
+        let a = verify(Some(session.clone()), "PUT", "/npm/@acme%2fx", true).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.headers["x-auth-user"], "alice");
+        assert_eq!(a.headers["x-auth-token-key"].len(), 12);
+        let a = verify(Some(read_only.clone()), "GET", "/npm/@acme%2fx", false).await;
+        assert_eq!(a.status, StatusCode::OK);
+        let a = verify(Some(read_only), "PUT", "/npm/@acme%2fx", false).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert!(a.error().contains("read-only"), "{}", a.error());
+        assert!(a.headers["x-auth-error"]
+            .to_str()
+            .unwrap()
+            .contains("read-only"));
+        let a = verify(Some(acme.clone()), "PUT", "/npm/@acme%2fy", true).await;
+        assert_eq!(a.status, StatusCode::OK);
+        let a = verify(Some(acme), "PUT", "/npm/@other%2fy", true).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert!(a.error().contains("@other/y"), "{}", a.error());
+        let a = verify(None, "GET", "/npm/lodash", true).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("Bearer"))
+        );
+        // The client address comes from X-Forwarded-For of the trusted proxy.
+        let a = verify(Some(cidr), "GET", "/npm/lodash", true).await;
+        assert_eq!(
+            (a.status, a.challenge()),
+            (StatusCode::UNAUTHORIZED, Some("ipaddress"))
+        );
+        let a = h
+            .call_from(LOCAL, Method::GET, "/-/auth/verify", &[], None)
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.error().contains("X-Original-URI"), "{}", a.error());
+    }
+}
