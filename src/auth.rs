@@ -3,12 +3,13 @@
 
 use crate::client_ip;
 use crate::error::{ApiError, Challenge};
+use crate::metrics::{self, AuthOutcome};
 use crate::policy::{self, Credential, Requirement};
 use crate::registry_path::{route, Route};
 use crate::store::User;
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
-use crate::{attempts, second_factor};
+use crate::{attempts, audit, second_factor};
 use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -62,21 +63,42 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
         .filter_map(|v| v.to_str().ok());
     let client = client_ip::resolve(peer, forwarded, &state.config.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(client));
+    let meta = audit::RequestMeta {
+        client,
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(audit::clean_user_agent),
+    };
+    audit::within(meta, admit(state, req, next, client)).await
+}
 
+/// The gate's decision for one request, then the handler.
+async fn admit(state: AppState, mut req: Request, next: Next, client: IpAddr) -> Response {
     let route = route(req.method(), req.uri().path(), "");
     req.extensions_mut().insert(route.op);
+    let mut caller = None;
     match decide(&state, &route, req.headers(), client).await {
         Ok(Decision::Open) | Ok(Decision::Anonymous) => {}
         Ok(Decision::Lenient(who)) => {
             req.extensions_mut().insert(MaybePrincipal(who.map(|p| *p)));
         }
         Ok(Decision::Allowed(principal)) => {
+            caller = Some(crate::LoggedCaller {
+                user: principal.user.name.clone(),
+                key_id: principal.token_key().map(|k| k.short().to_owned()),
+            });
             req.extensions_mut().insert(*principal);
         }
         Err(e) => return e.into_response(),
     }
     req.extensions_mut().insert(route);
-    next.run(req).await
+    let mut response = next.run(req).await;
+    if let Some(caller) = caller {
+        response.extensions_mut().insert(caller);
+    }
+    response
 }
 
 /// What the gate decided about a request.
@@ -115,14 +137,32 @@ pub async fn decide(
             return Ok(Decision::Anonymous)
         }
         None => {
+            metrics::auth_outcome(AuthOutcome::NoCredentials);
             return Err(ApiError::unauthorized(
                 "You must be logged in: run `npm login` against this registry.",
                 Challenge::Bearer,
-            ))
+            ));
         }
     };
     if let Err(denial) = policy::authorize(&principal.credential, access, route) {
+        let read_only = matches!(&principal.credential, Credential::Token(t) if t.readonly || t.kind == crate::store::TokenKind::ReadOnly);
+        metrics::auth_outcome(if read_only {
+            AuthOutcome::ReadOnly
+        } else {
+            AuthOutcome::Forbidden
+        });
         tracing::info!(user = %principal.user.name, op = ?route.op, "refused: {}", denial.0);
+        state.audit.note(
+            audit::Event::RefusedPermission,
+            Some(&principal.user.name),
+            principal.token_key(),
+            serde_json::json!({
+                "operation": format!("{:?}", route.op),
+                "package": route.package,
+                "org": route.org,
+                "reason": denial.0,
+            }),
+        );
         return Err(ApiError::forbidden(denial.0));
     }
     let mode = principal
@@ -134,6 +174,7 @@ pub async fn decide(
     if policy::otp_required(mode, &principal.credential, access) {
         second_factor::require(state, &principal.user, headers, client).await?;
     }
+    metrics::auth_outcome(AuthOutcome::Ok);
     Ok(Decision::Allowed(Box::new(principal)))
 }
 
@@ -167,24 +208,28 @@ pub async fn identify(
 async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal, ApiError> {
     let bad = |why: &str| ApiError::unauthorized(why.to_owned(), Challenge::Bearer);
     // Garbage is refused by format and checksum before any lookup.
-    let token = PlainToken::parse(&state.config.token_prefix, raw)
-        .map_err(|_| bad("This token is not valid: log in again with `npm login`."))?;
+    let token = PlainToken::parse(&state.config.token_prefix, raw).map_err(|_| {
+        metrics::auth_outcome(AuthOutcome::Malformed);
+        bad("This token is not valid: log in again with `npm login`.")
+    })?;
     let key = token.key();
-    let found = state
-        .store
-        .token_by_key(&key)
-        .await?
-        .ok_or_else(|| bad("This token is not valid: log in again with `npm login`."))?;
+    let found = state.store.token_by_key(&key).await?.ok_or_else(|| {
+        metrics::auth_outcome(AuthOutcome::UnknownToken);
+        bad("This token is not valid: log in again with `npm login`.")
+    })?;
     let (record, owner) = (found.token, found.owner);
     if record.revoked.is_some() {
+        metrics::auth_outcome(AuthOutcome::Revoked);
         return Err(bad("This token has been revoked."));
     }
     if record.expires.is_some_and(|e| e <= Utc::now()) {
+        metrics::auth_outcome(AuthOutcome::Expired);
         return Err(bad(
             "This token has expired: create a new one or log in again.",
         ));
     }
     if owner.disabled {
+        metrics::auth_outcome(AuthOutcome::Disabled);
         return Err(bad("This account is disabled: ask an administrator."));
     }
     if let Some(list) = &record.cidr_whitelist {
@@ -194,12 +239,20 @@ async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal
             .collect();
         if !client_ip::allowed(client, &nets) {
             tracing::info!(key = key.short(), %client, "refused: address not in the token's CIDR list");
+            metrics::auth_outcome(AuthOutcome::Cidr);
+            state.audit.note(
+                audit::Event::RefusedCidr,
+                Some(&owner.name),
+                Some(&key),
+                serde_json::json!({ "cidr_whitelist": list }),
+            );
             return Err(ApiError::unauthorized(
                 format!("This token may not be used from the address {client}."),
                 Challenge::IpAddress,
             ));
         }
     }
+    state.usage.record(&key, client);
     Ok(Principal {
         user: owner,
         credential: Credential::Token(Box::new(record)),

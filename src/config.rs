@@ -67,6 +67,10 @@ pub struct Config {
     /// A path prefix under which the registry is mounted (e.g. `/npm`), stripped before a
     /// request is classified; used by the forward-auth endpoint behind nginx or Traefik.
     pub registry_path_prefix: String,
+    /// Audit events older than this many days are deleted; 0 keeps them forever.
+    pub audit_retention_days: u32,
+    /// How often tokens' last-used times are written to the database, in seconds.
+    pub last_used_flush_secs: u64,
     /// Reverse-proxy mode: the registry behind tokengate.
     pub upstream: UpstreamConfig,
 }
@@ -138,6 +142,8 @@ impl Default for Config {
             anonymous_read: false,
             public_url: String::new(),
             registry_path_prefix: String::new(),
+            audit_retention_days: 90,
+            last_used_flush_secs: 5,
             upstream: UpstreamConfig::default(),
         }
     }
@@ -338,6 +344,9 @@ impl Config {
                 "registry_path_prefix",
                 "must start with / and not end with / (e.g. /npm), or be empty",
             );
+        }
+        if self.last_used_flush_secs == 0 {
+            return invalid("last_used_flush_secs", "must be at least 1");
         }
         if self.password_min_length == 0 {
             return invalid("password_min_length", "must be at least 1");

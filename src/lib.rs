@@ -1,7 +1,9 @@
 //! tokengate: an npm-compatible access-token service.
 
+pub mod admin;
 pub mod api;
 pub mod attempts;
+pub mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod second_factor;
 pub mod store;
 pub mod token;
 pub mod token_request;
+pub mod token_usage;
 pub mod totp;
 
 use crate::config::Config;
@@ -53,11 +56,19 @@ pub struct AppState {
     pub pool_stats: Option<metrics::PoolStatsFn>,
     /// The registry behind tokengate in reverse-proxy mode.
     pub upstream: Option<Arc<proxy::Upstream>>,
+    /// Security events, stored in the background.
+    pub audit: Arc<audit::AuditLog>,
+    /// Tokens' last-used times, written in batches.
+    pub usage: Arc<token_usage::UsageTracker>,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn Store>, keys: KeyRing) -> Self {
         let config_upstream = config.upstream.clone();
+        let audit_retention_days = config.audit_retention_days;
+        let usage_every = Duration::from_secs(config.last_used_flush_secs);
+        let audit = Arc::new(audit::AuditLog::start(store.clone(), audit_retention_days));
+        let usage = token_usage::UsageTracker::start(store.clone(), usage_every);
         let failures = FailureLimiter::new(
             config.auth_failure_limit,
             Duration::from_secs(config.auth_failure_window_secs),
@@ -69,6 +80,8 @@ impl AppState {
             failures: Arc::new(failures),
             pool_stats: None,
             upstream: proxy::Upstream::from_config(&config_upstream).map(Arc::new),
+            audit,
+            usage,
         }
     }
 

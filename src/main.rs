@@ -2,14 +2,16 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use serde_json::json;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokengate::audit::Event;
 use tokengate::config::{Config, LogFormat, Overrides};
 use tokengate::keyring::KeyRing;
 use tokengate::store::{NewUser, SqlStore, Store};
-use tokengate::AppState;
+use tokengate::{admin, AppState};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +57,30 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage tokens of any user.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List audit events, newest first.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        /// Only events of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only events since a time: 30m, 24h, 7d, 2w, 2026-01-31 or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
     /// Check that the server answers and its database is reachable (exit 0) or not (exit 1).
     Probe {
         #[command(flatten)]
@@ -93,9 +119,23 @@ enum UserCommand {
     },
     /// List accounts.
     List,
+    /// Disable an account: its tokens are refused at once, and it cannot log in.
+    Disable { name: String },
+    /// Enable a disabled account again.
+    Enable { name: String },
     /// Turn off two-factor authentication for a user who lost their authenticator.
     #[command(name = "disable-2fa")]
     Disable2fa { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// A user's tokens with kind, limits, expiry and last use.
+    List { name: String },
+    /// Revoke one token, named by the start of its id (at least 6 hex characters).
+    Revoke { key_prefix: String },
+    /// Revoke every token of a user, login sessions included.
+    RevokeAll { name: String },
 }
 
 #[derive(Subcommand)]
@@ -212,7 +252,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stats = store.clone();
             let state = AppState::new(config, store.clone(), keys)
                 .with_pool_stats(Arc::new(move || stats.pool_stats()));
+            let (audit, usage) = (state.audit.clone(), state.usage.clone());
             tokengate::serve(listener, state, shutdown_signal()).await?;
+            // What is still in memory goes to the database before the pool closes.
+            let flushed = async {
+                audit.flush().await;
+                usage.flush().await;
+            };
+            if tokio::time::timeout(POOL_CLOSE_TIMEOUT, flushed)
+                .await
+                .is_err()
+            {
+                tracing::warn!("audit events or last-used times could not be stored in time");
+            }
             // Requests abandoned at the shutdown timeout may still hold connections: closing
             // waits for them only briefly, and their transactions roll back when dropped.
             if tokio::time::timeout(POOL_CLOSE_TIMEOUT, store.close())
@@ -240,6 +292,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = load_config(&common, None)?;
             print!("{}", config.to_masked_toml());
+        }
+        Command::Token { common, command } => {
+            let config = load_config(&common, None)?;
+            let store = open_store(&config).await?;
+            let out = match command {
+                TokenCommand::List { name } => admin::token_list(&store, &name).await,
+                TokenCommand::Revoke { key_prefix } => {
+                    admin::token_revoke(&store, &key_prefix).await
+                }
+                TokenCommand::RevokeAll { name } => admin::token_revoke_all(&store, &name).await,
+            };
+            store.close().await;
+            print!("{}", with_newline(out?));
+        }
+        Command::Audit {
+            common,
+            user,
+            since,
+            json,
+            limit,
+        } => {
+            let config = load_config(&common, None)?;
+            let store = open_store(&config).await?;
+            let out = admin::audit_list(&store, user, since.as_deref(), json, limit).await;
+            store.close().await;
+            print!("{}", out?);
         }
         Command::User { common, command } => {
             let config = load_config(&common, None)?;
@@ -282,6 +360,7 @@ async fn user_command(
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create user {name}: {e}"))?;
+            admin::note(store, Event::UserCreated, &name, None, json!({})).await?;
             println!("user {name} created");
         }
         UserCommand::Passwd {
@@ -296,7 +375,15 @@ async fn user_command(
                 .set_password(user.id, &password_hash, !keep_sessions)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let detail = json!({ "sessions_revoked": revoked });
+            admin::note(store, Event::PasswordChanged, &name, None, detail).await?;
             println!("password of {name} changed; {revoked} login session(s) revoked");
+        }
+        UserCommand::Disable { name } => {
+            println!("{}", admin::set_disabled(store, &name, true).await?);
+        }
+        UserCommand::Enable { name } => {
+            println!("{}", admin::set_disabled(store, &name, false).await?);
         }
         UserCommand::Disable2fa { name } => {
             let user = find_user(store, &name).await?;
@@ -307,6 +394,7 @@ async fn user_command(
                     .disable_tfa(user.id)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                admin::note(store, Event::TfaDisabled, &name, None, json!({})).await?;
                 println!("two-factor authentication of {name} disabled");
             }
         }
@@ -328,6 +416,13 @@ async fn user_command(
         }
     }
     Ok(())
+}
+
+fn with_newline(mut text: String) -> String {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 #[tokio::main]

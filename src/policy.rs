@@ -220,6 +220,8 @@ mod tests {
             created: Utc::now(),
             expires: None,
             revoked: None,
+            last_used: None,
+            last_used_ip: None,
         }))
     }
 

@@ -1,11 +1,12 @@
 //! One-time passwords as npm sends them: the `npm-otp` header, TOTP codes that are never
 //! accepted twice, and single-use recovery codes.
 
-use crate::attempts;
 use crate::error::{ApiError, Challenge};
+use crate::metrics::{self, AuthOutcome};
 use crate::store::{TfaState, User};
 use crate::totp;
 use crate::AppState;
+use crate::{attempts, audit};
 use axum::http::HeaderMap;
 use chrono::Utc;
 use std::net::IpAddr;
@@ -38,6 +39,7 @@ pub async fn require(
         return Ok(());
     };
     let Some(code) = sent_code(headers) else {
+        metrics::auth_outcome(AuthOutcome::OtpRequired);
         return Err(challenge());
     };
     attempts::ensure_allowed(state, &user.name, client)?;
@@ -45,7 +47,14 @@ pub async fn require(
         Ok(())
     } else {
         attempts::record_failure(state, &user.name, client);
+        metrics::auth_outcome(AuthOutcome::OtpRequired);
         tracing::info!(user = %user.name, %client, "one-time password refused");
+        state.audit.note(
+            audit::Event::OtpFailed,
+            Some(&user.name),
+            None,
+            serde_json::json!({}),
+        );
         Err(challenge())
     }
 }

@@ -93,6 +93,8 @@ impl TokenSpec {
             created: now,
             expires: self.expires,
             revoked: None,
+            last_used: None,
+            last_used_ip: None,
         }
     }
 }

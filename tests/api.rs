@@ -892,6 +892,8 @@ async fn expired_tokens_and_disabled_users_are_refused() {
                 created: now - Duration::days(2),
                 expires: Some(now - Duration::seconds(1)),
                 revoked: None,
+                last_used: None,
+                last_used_ip: None,
             })
             .await
             .unwrap();
@@ -1940,5 +1942,150 @@ async fn forward_auth_answers_for_the_original_request() {
             .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
         assert!(a.error().contains("X-Original-URI"), "{}", a.error());
+    }
+}
+
+// ---- Audit log, last use, administration ----
+
+#[tokio::test]
+async fn audit_log_and_last_use() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let a = h.login_with(LOCAL, "alice", "wrong password", None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        let read_only = h.create_ok(&session, json!({"readonly": true})).await;
+        let cidr = h
+            .create_ok(&session, json!({"cidr_whitelist": ["10.0.0.0/8"]}))
+            .await;
+        let auth = format!("Bearer {read_only}");
+        let a = h
+            .call_from(
+                "192.0.2.1:9",
+                Method::POST,
+                "/-/npm/v1/tokens",
+                &[
+                    ("authorization", &auth),
+                    ("user-agent", "npm/11.0.0 node/v20"),
+                ],
+                Some(Body::from(json!({"password": PW}).to_string())),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(h.whoami(&cidr).await.status, StatusCode::UNAUTHORIZED);
+        let key = tokengate::token::TokenKey::of(&read_only);
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/npm/v1/tokens/token/{}", key.0),
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        h.state.audit.flush().await;
+        let events = h
+            .store
+            .list_audit(&tokengate::store::AuditFilter {
+                user: Some("alice".into()),
+                since: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        for want in [
+            "login.success",
+            "login.failure",
+            "token.created",
+            "refused.permission",
+            "refused.cidr",
+            "token.revoked",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let refused = events
+            .iter()
+            .find(|e| e.event == "refused.permission")
+            .unwrap();
+        assert_eq!(refused.key_id.as_deref(), Some(key.short()));
+        assert_eq!(refused.client.as_deref(), Some("192.0.2.1"));
+        assert_eq!(refused.user_agent.as_deref(), Some("npm/11.0.0 node/v20"));
+        let text = format!("{events:?}");
+        for secret in [session.as_str(), &read_only, &cidr, PW] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+
+        // Last use: kept in memory, written in a batch.
+        assert_eq!(h.whoami(&session).await.status, StatusCode::OK);
+        let own = |items: &[Value]| {
+            items
+                .iter()
+                .find(|t| t["key"] == tokengate::token::TokenKey::of(&session).0)
+                .cloned()
+                .unwrap()
+        };
+        h.state.usage.flush().await;
+        let after = h.list_all(&session).await;
+        assert!(own(&after)["last_used"].is_string(), "{}", own(&after));
+        assert_eq!(own(&after)["last_used_ip"], "127.0.0.1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_disables_users_and_manages_tokens() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let publish = h.create_ok(&session, json!({"name": "ci"})).await;
+        let bob = h.login("bob").await;
+        let db = &h._db;
+        let cli = |args: &[&str]| tokio::task::block_in_place(|| common::cli(db, args, ""));
+
+        let out = cli(&["user", "disable", "alice"]);
+        assert!(out.contains("disabled"), "{out}");
+        assert_eq!(h.whoami(&publish).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(h.whoami(&bob).await.status, StatusCode::OK);
+        cli(&["user", "enable", "alice"]);
+        assert_eq!(h.whoami(&publish).await.status, StatusCode::OK);
+
+        let out = cli(&["token", "list", "alice"]);
+        let key = tokengate::token::TokenKey::of(&publish);
+        assert!(
+            out.contains(key.short()) && out.contains("publish") && out.contains("ci"),
+            "{out}"
+        );
+        assert!(out.contains("2 token(s)"), "{out}");
+        assert!(!out.contains(&publish), "{out}");
+        let out = cli(&["token", "revoke", &key.0[..10]]);
+        assert!(
+            out.contains("revoked token") && out.contains("alice"),
+            "{out}"
+        );
+        assert_eq!(h.whoami(&publish).await.status, StatusCode::UNAUTHORIZED);
+        let out = cli(&["token", "revoke-all", "alice"]);
+        assert!(out.contains("revoked 1 token(s)"), "{out}");
+        assert_eq!(h.whoami(&session).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(h.whoami(&bob).await.status, StatusCode::OK);
+
+        let out = cli(&["audit", "--json", "--user", "alice", "--since", "1h"]);
+        let events: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for want in [
+            "user.disabled",
+            "user.enabled",
+            "token.revoked",
+            "token.revoked_all",
+        ] {
+            assert!(
+                events.iter().any(|e| e["event"] == want),
+                "{want} missing: {out}"
+            );
+        }
+        assert!(events.iter().all(|e| e["user"] == "alice"), "{out}");
+        let out = cli(&["audit", "--since", "2000-01-01"]);
+        assert!(out.contains("token.revoked_all"), "{out}");
     }
 }

@@ -857,7 +857,65 @@ fn tokens_create_list_revoke(backend: Backend) {
     assert_whoami(&ctx, &config, USER);
     assert_whoami(&ctx, &ctx.config_with("plain-npmrc", &plain), USER);
 
+    // The audit log has these flows: who, which key, from where, with which client.
+    let events = audit_events(&ctx, |e| {
+        e.iter()
+            .any(|e| e["event"] == "token.revoked" && e["key_id"] == key_id(&ci))
+    });
+    let find = |event: &str, token: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == event && e["key_id"] == key_id(token))
+            .unwrap_or_else(|| panic!("no {event} for {token} in {events:#?}"))
+            .clone()
+    };
+    let login_event = find("login.success", &session);
+    let created = find("token.created", &plain);
+    let revoked = find("token.revoked", &ci);
+    for e in [&login_event, &created, &revoked] {
+        assert_eq!(e["user"], USER, "{e}");
+        assert_eq!(e["client"], "127.0.0.1", "{e}");
+    }
+    assert!(
+        created["user_agent"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("npm/"),
+        "{created}"
+    );
+    assert_eq!(created["detail"]["type"], "publish", "{created}");
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "token.revoked" && e["key_id"] == key_id(victim)));
+    assert!(!serde_json::to_string(&events).unwrap().contains(&plain));
+
     ctx.done();
+}
+
+/// The short id the audit log names a token by.
+fn key_id(token: &str) -> String {
+    sha512_hex(token)[..12].to_owned()
+}
+
+/// `tokengate audit --json` for the scenario's user, once `ready` holds (events are stored in
+/// the background, within moments).
+fn audit_events(ctx: &Ctx, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = common::cli(
+            &ctx.db,
+            &["audit", "--json", "--user", USER, "--since", "1h"],
+            "",
+        );
+        let events: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit --json prints JSON lines"))
+            .collect();
+        if ready(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Scenarios 6 and 7: CIDR-restricted tokens (EAUTHIP from elsewhere, fine from here) and

@@ -5,6 +5,7 @@
 
 use super::{iso, JsonBody};
 use crate::attempts;
+use crate::audit::Event;
 use crate::auth::{ClientAddr, Principal};
 use crate::error::{ApiError, Challenge};
 use crate::names;
@@ -149,6 +150,10 @@ pub async fn update(
     if email != user.email || fields != user.profile {
         state.store.update_profile(user.id, &email, &fields).await?;
         tracing::info!(user = %user.name, "profile changed");
+        let detail = json!({ "email_changed": email != user.email });
+        state
+            .audit
+            .note(Event::ProfileChanged, Some(&user.name), None, detail);
     }
     Ok(Json(profile_json(&reload(&state, &user).await?)))
 }
@@ -223,6 +228,10 @@ async fn change_password(
         .revoke_sessions(user.id, principal.token_key())
         .await?;
     tracing::info!(user = %user.name, revoked, "password changed; other sessions revoked");
+    let detail = json!({ "sessions_revoked": revoked });
+    state
+        .audit
+        .note(Event::PasswordChanged, Some(&user.name), None, detail);
     Ok(())
 }
 
@@ -249,10 +258,17 @@ async fn tfa_settings(
         (None, Some(_)) => {
             state.store.disable_tfa(user.id).await?;
             tracing::info!(user = %user.name, "two-factor authentication disabled");
+            state
+                .audit
+                .note(Event::TfaDisabled, Some(&user.name), None, json!({}));
         }
         (Some(mode), Some(tfa)) if tfa.enabled() => {
             state.store.set_tfa_mode(user.id, mode).await?;
             tracing::info!(user = %user.name, mode = mode.as_str(), "two-factor mode changed");
+            let detail = json!({ "mode": mode.as_str() });
+            state
+                .audit
+                .note(Event::TfaModeChanged, Some(&user.name), None, detail);
         }
         (Some(mode), _) => {
             let secret = totp::generate_secret();
@@ -302,6 +318,10 @@ async fn confirm(
         ));
     }
     tracing::info!(user = %user.name, mode = tfa.mode.as_str(), "two-factor authentication enabled");
+    let detail = json!({ "mode": tfa.mode.as_str() });
+    state
+        .audit
+        .note(Event::TfaEnabled, Some(&user.name), None, detail);
     let mut answer = profile_json(&reload(state, user).await?);
     answer["tfa"] = json!(recovery);
     Ok(answer)

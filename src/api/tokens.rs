@@ -2,6 +2,7 @@
 
 use super::{iso, JsonBody, PathParam};
 use crate::attempts;
+use crate::audit::Event;
 use crate::auth::{ClientAddr, Principal};
 use crate::error::{ApiError, Challenge};
 use crate::policy::Credential;
@@ -37,6 +38,8 @@ pub fn token_json(t: &TokenRecord, shown: &str) -> Value {
         "created": iso(t.created),
         "updated": iso(t.created),
         "expires": t.expires.map(iso),
+        "last_used": t.last_used.map(iso),
+        "last_used_ip": t.last_used_ip,
         "packages": t.packages,
         "packages_all": t.packages_all,
         "scopes": t.scopes,
@@ -174,6 +177,18 @@ pub async fn create(
         )));
     }
     let (token, record) = issue(&state, &principal.user, spec).await?;
+    let mut detail = token_json(&record, "");
+    if let Some(obj) = detail.as_object_mut() {
+        obj.remove("token");
+        obj.remove("key");
+        obj.insert("by".into(), json!(credential_name(&principal.credential)));
+    }
+    state.audit.note(
+        Event::TokenCreated,
+        Some(&principal.user.name),
+        Some(&record.key),
+        detail,
+    );
     tracing::info!(
         user = %principal.user.name, key = record.key.short(), kind = record.kind.as_str(), %client,
         "token created"
@@ -201,10 +216,21 @@ pub async fn revoke(
             "No token of yours has that id or value: see npm token list.",
         ));
     }
-    let by = match &principal.credential {
-        Credential::Token(t) => t.key.short().to_owned(),
-        Credential::Password => "password".into(),
-    };
+    let by = credential_name(&principal.credential);
     tracing::info!(user = %principal.user.name, key = key.short(), by, "token revoked");
+    state.audit.note(
+        Event::TokenRevoked,
+        Some(&principal.user.name),
+        Some(&key),
+        json!({ "by": by }),
+    );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How the caller proved who they are, for the audit log: the key id of their token.
+fn credential_name(credential: &Credential) -> String {
+    match credential {
+        Credential::Token(t) => format!("token {}", t.key.short()),
+        Credential::Password => "password".into(),
+    }
 }

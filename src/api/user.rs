@@ -2,6 +2,7 @@
 
 use super::{JsonBody, PathParam};
 use crate::api::tokens::issue_session;
+use crate::audit::Event;
 use crate::auth::{ClientAddr, MaybePrincipal, Principal};
 use crate::config::Registration;
 use crate::error::ApiError;
@@ -103,6 +104,9 @@ async fn login_or_adduser(
             let stored = Some(user.password_hash.as_str());
             if !attempts::check_password(&state, &name, stored, &password, client).await? {
                 tracing::info!(user = %name, %client, "login failed");
+                state
+                    .audit
+                    .note(Event::LoginFailed, Some(&name), None, json!({}));
                 return Err(wrong());
             }
             if user.disabled {
@@ -118,13 +122,23 @@ async fn login_or_adduser(
             None => {
                 attempts::check_password(&state, &name, None, &password, client).await?;
                 tracing::info!(%client, "login failed");
+                let detail = json!({ "unknown_user": true });
+                state
+                    .audit
+                    .note(Event::LoginFailed, Some(&name), None, detail);
                 return Err(wrong());
             }
             Some(email) => adduser(&state, &name, &email, password).await?,
         },
     };
-    let (token, _) = issue_session(&state, &user).await?;
+    let (token, record) = issue_session(&state, &user).await?;
     tracing::info!(user = %user.name, %client, "logged in");
+    state.audit.note(
+        Event::LoginSucceeded,
+        Some(&user.name),
+        Some(&record.key),
+        json!({}),
+    );
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -170,6 +184,10 @@ async fn adduser(
     match created {
         Ok(user) => {
             tracing::info!(user = %name, "account created by adduser");
+            let detail = json!({ "by": "npm adduser" });
+            state
+                .audit
+                .note(Event::UserCreated, Some(name), None, detail);
             Ok(user)
         }
         // Someone registered the name meanwhile: the password did not match theirs.
@@ -235,6 +253,12 @@ pub async fn logout(
         .revoke_token(found.owner.id, &key, Utc::now())
         .await?;
     tracing::info!(user = %found.owner.name, key = key.short(), "logged out");
+    state.audit.note(
+        Event::Logout,
+        Some(&found.owner.name),
+        Some(&key),
+        json!({}),
+    );
     Ok(ok)
 }
 

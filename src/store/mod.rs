@@ -201,6 +201,38 @@ pub struct TokenRecord {
     pub created: DateTime<Utc>,
     pub expires: Option<DateTime<Utc>>,
     pub revoked: Option<DateTime<Utc>>,
+    /// When and from which address the token was last used (flushed in batches).
+    pub last_used: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+}
+
+/// One use of a token, recorded in memory and written in batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenUse {
+    pub key: TokenKey,
+    pub at: DateTime<Utc>,
+    pub client: String,
+}
+
+/// A stored audit event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub user: Option<String>,
+    /// A short, non-secret id of the token concerned (the start of its key).
+    pub key_id: Option<String>,
+    pub client: Option<String>,
+    pub user_agent: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// Which audit events to list.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub user: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
 }
 
 /// A token found by its key, with the owner it acts for.
@@ -268,6 +300,24 @@ pub trait Store: Send + Sync + 'static {
         offset: i64,
         limit: i64,
     ) -> StoreResult<(Vec<TokenRecord>, i64)>;
+    /// Disables or enables an account; a disabled account's tokens stop working at once.
+    async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> StoreResult<()>;
+    /// Tokens (any user's, revoked ones included) whose key starts with `hex_prefix`.
+    async fn tokens_by_key_prefix(
+        &self,
+        hex_prefix: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<TokenWithOwner>>;
+    /// Revokes every live token of a user; returns how many.
+    async fn revoke_all_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Records token uses (newest wins), in one transaction.
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> StoreResult<()>;
+    async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
+    /// Events, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+    /// Deletes events older than `before`; returns how many.
+    async fn prune_audit(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
     /// Revokes one of the user's tokens; false when it is unknown, not theirs or already revoked.
     async fn revoke_token(
         &self,

@@ -157,7 +157,7 @@ const USER_COLUMNS: &str = "id, name, email, password_hash, disabled, created_ms
 const TOKEN_COLUMNS: &str = "t.key, t.user_id, t.redacted, t.kind, t.name, t.description, \
     t.readonly, t.automation, t.bypass_2fa, t.cidr_whitelist, t.packages, t.packages_all, \
     t.scopes, t.orgs, t.packages_and_scopes_permission, t.orgs_permission, t.created_ms, \
-    t.expires_ms, t.revoked_ms";
+    t.expires_ms, t.revoked_ms, t.last_used_ms, t.last_used_ip";
 
 fn user_from_row(row: &AnyRow, prefix: &str) -> Result<User, sqlx::Error> {
     let col = |c: &str| format!("{prefix}{c}");
@@ -236,6 +236,41 @@ fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
             .try_get::<Option<i64>, _>("revoked_ms")
             .map_err(map_err)?
             .map(time),
+        last_used: row
+            .try_get::<Option<i64>, _>("last_used_ms")
+            .map_err(map_err)?
+            .map(time),
+        last_used_ip: row.try_get("last_used_ip").map_err(map_err)?,
+    })
+}
+
+/// `SELECT` of tokens joined with their owners (owner columns prefixed `u_`).
+fn token_with_owner_query(condition: &str) -> String {
+    let owner = USER_COLUMNS
+        .split(", ")
+        .map(|c| format!("u.{c} AS u_{c}", c = c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {TOKEN_COLUMNS}, {owner} FROM tokens t JOIN users u ON u.id = t.user_id WHERE {condition}")
+}
+
+fn token_with_owner(row: &AnyRow) -> StoreResult<TokenWithOwner> {
+    Ok(TokenWithOwner {
+        token: token_from_row(row)?,
+        owner: user_from_row(row, "u_").map_err(map_err)?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> StoreResult<AuditRecord> {
+    let detail: String = row.try_get("detail").map_err(map_err)?;
+    Ok(AuditRecord {
+        at: time(row.try_get("at_ms").map_err(map_err)?),
+        event: row.try_get("event").map_err(map_err)?,
+        user: row.try_get("user_name").map_err(map_err)?,
+        key_id: row.try_get("key_id").map_err(map_err)?,
+        client: row.try_get("client").map_err(map_err)?,
+        user_agent: row.try_get("user_agent").map_err(map_err)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
     })
 }
 
@@ -509,26 +544,12 @@ impl Store for SqlStore {
     }
 
     async fn token_by_key(&self, key: &TokenKey) -> StoreResult<Option<TokenWithOwner>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS}, {} FROM tokens t JOIN users u ON u.id = t.user_id \
-             WHERE t.key = $1",
-            USER_COLUMNS
-                .split(", ")
-                .map(|c| format!("u.{c} AS u_{c}", c = c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .bind(&key.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
-        match row {
-            None => Ok(None),
-            Some(row) => Ok(Some(TokenWithOwner {
-                token: token_from_row(&row)?,
-                owner: user_from_row(&row, "u_").map_err(map_err)?,
-            })),
-        }
+        let row = sqlx::query(&token_with_owner_query("t.key = $1"))
+            .bind(&key.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(token_with_owner).transpose()
     }
 
     async fn count_live_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<i64> {
@@ -592,5 +613,110 @@ impl Store for SqlStore {
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET disabled = $1, updated_ms = $2 WHERE id = $3")
+            .bind(i64::from(disabled))
+            .bind(ms(Utc::now()))
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn tokens_by_key_prefix(
+        &self,
+        hex_prefix: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<TokenWithOwner>> {
+        if !hex_prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "{} ORDER BY t.created_ms DESC LIMIT $2",
+            token_with_owner_query("t.key LIKE $1")
+        ))
+        .bind(format!("{}%", hex_prefix.to_ascii_lowercase()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(token_with_owner).collect()
+    }
+
+    async fn revoke_all_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_ms = $1 WHERE user_id = $2 AND revoked_ms IS NULL",
+        )
+        .bind(ms(now))
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for u in uses {
+            sqlx::query(
+                "UPDATE tokens SET last_used_ms = $1, last_used_ip = $2 \
+                 WHERE key = $3 AND (last_used_ms IS NULL OR last_used_ms < $1)",
+            )
+            .bind(ms(u.at))
+            .bind(&u.client)
+            .bind(&u.key.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO audit_events (at_ms, event, user_name, key_id, client, user_agent, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(ms(e.at))
+            .bind(&e.event)
+            .bind(&e.user)
+            .bind(&e.key_id)
+            .bind(&e.client)
+            .bind(&e.user_agent)
+            .bind(e.detail.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, event, user_name, key_id, client, user_agent, detail FROM audit_events \
+             WHERE ($1 IS NULL OR user_name = $1) AND at_ms >= $2 \
+             ORDER BY at_ms DESC, id DESC LIMIT $3",
+        )
+        .bind(&filter.user)
+        .bind(filter.since.map(ms).unwrap_or(0))
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM audit_events WHERE at_ms < $1")
+            .bind(ms(before))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
     }
 }

@@ -1,0 +1,65 @@
+//! When and from where each token was last used, without a database write per request:
+//! uses are kept in memory (newest per token) and written in one batch every few seconds.
+
+use crate::store::{Store, TokenUse};
+use crate::token::TokenKey;
+use chrono::Utc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct UsageTracker {
+    store: Arc<dyn Store>,
+    pending: Mutex<HashMap<TokenKey, TokenUse>>,
+}
+
+impl UsageTracker {
+    /// Starts the tracker and its flush task (every `every`).
+    pub fn start(store: Arc<dyn Store>, every: Duration) -> Arc<UsageTracker> {
+        let tracker = Arc::new(UsageTracker {
+            store,
+            pending: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&tracker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(tracker) = weak.upgrade() else {
+                    return;
+                };
+                tracker.flush().await;
+            }
+        });
+        tracker
+    }
+
+    /// Notes a use; cheap (a map insert under a short lock).
+    pub fn record(&self, key: &TokenKey, client: IpAddr) {
+        let used = TokenUse {
+            key: key.clone(),
+            at: Utc::now(),
+            client: client.to_string(),
+        };
+        self.pending
+            .lock()
+            .expect("usage lock")
+            .insert(key.clone(), used);
+    }
+
+    /// Writes the pending uses now.
+    pub async fn flush(&self) {
+        let batch: Vec<TokenUse> = {
+            let mut pending = self.pending.lock().expect("usage lock");
+            if pending.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *pending).into_values().collect()
+        };
+        if let Err(e) = self.store.record_token_uses(&batch).await {
+            tracing::warn!(error = %e, tokens = batch.len(), "last-used times not stored");
+        }
+    }
+}
