@@ -2089,3 +2089,40 @@ async fn admin_cli_disables_users_and_manages_tokens() {
         assert!(out.contains("token.revoked_all"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn old_audit_events_are_pruned() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let event = |days: i64| tokengate::store::AuditRecord {
+            at: Utc::now() - Duration::days(days),
+            event: "login.success".into(),
+            user: Some("alice".into()),
+            key_id: None,
+            client: Some("127.0.0.1".into()),
+            user_agent: None,
+            detail: json!({}),
+        };
+        h.store
+            .insert_audit(&[event(100), event(10), event(0)])
+            .await
+            .unwrap();
+        let pruned = h
+            .store
+            .prune_audit(Utc::now() - Duration::days(90))
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1);
+        let left = h
+            .store
+            .list_audit(&tokengate::store::AuditFilter {
+                user: None,
+                since: Some(Utc::now() - Duration::days(30)),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(left[0].at > left[1].at, "newest first");
+    }
+}
