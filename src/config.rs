@@ -67,10 +67,20 @@ pub struct Config {
     /// A path prefix under which the registry is mounted (e.g. `/npm`), stripped before a
     /// request is classified; used by the forward-auth endpoint behind nginx or Traefik.
     pub registry_path_prefix: String,
+    /// A signed-in browser is signed out after this many minutes without a page request.
+    pub web_session_idle_minutes: u32,
+    /// A signed-in browser is signed out this many hours after signing in, whatever it does.
+    pub web_session_max_hours: u32,
     /// Audit events older than this many days are deleted; 0 keeps them forever.
     pub audit_retention_days: u32,
     /// How often tokens' last-used times are written to the database, in seconds.
     pub last_used_flush_secs: u64,
+    /// Token checks kept in memory (0 turns the verification cache off).
+    pub token_cache_capacity: u64,
+    /// Longest time a cached token check is trusted, in seconds.
+    pub token_cache_ttl_secs: u64,
+    /// How often each replica reads revocations and other changes made elsewhere, in ms.
+    pub change_poll_ms: u64,
     /// Reverse-proxy mode: the registry behind tokengate.
     pub upstream: UpstreamConfig,
 }
@@ -142,8 +152,13 @@ impl Default for Config {
             anonymous_read: false,
             public_url: String::new(),
             registry_path_prefix: String::new(),
+            web_session_idle_minutes: 60,
+            web_session_max_hours: 12,
             audit_retention_days: 90,
             last_used_flush_secs: 5,
+            token_cache_capacity: 100_000,
+            token_cache_ttl_secs: 60,
+            change_poll_ms: 500,
             upstream: UpstreamConfig::default(),
         }
     }
@@ -343,6 +358,18 @@ impl Config {
             return invalid(
                 "registry_path_prefix",
                 "must start with / and not end with / (e.g. /npm), or be empty",
+            );
+        }
+        if self.web_session_idle_minutes == 0 || self.web_session_max_hours == 0 {
+            return invalid(
+                "web_session_idle_minutes",
+                "the idle and absolute limits of web sessions must be at least 1",
+            );
+        }
+        if self.token_cache_ttl_secs == 0 || self.change_poll_ms < 10 {
+            return invalid(
+                "token_cache_ttl_secs",
+                "the cache TTL must be at least 1 second and change_poll_ms at least 10",
             );
         }
         if self.last_used_flush_secs == 0 {

@@ -23,6 +23,7 @@ pub mod token;
 pub mod token_request;
 pub mod token_usage;
 pub mod totp;
+pub mod web;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -43,9 +44,20 @@ use tower_http::request_id::{
 };
 use tracing::Instrument;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, so the per-request clones of the state (one per
+/// layer and extractor) cost one atomic increment each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     /// Seals and opens TOTP secrets.
@@ -73,7 +85,7 @@ impl AppState {
             config.auth_failure_limit,
             Duration::from_secs(config.auth_failure_window_secs),
         );
-        AppState {
+        AppState(Arc::new(Shared {
             config: Arc::new(config),
             store,
             keys: Arc::new(keys),
@@ -82,12 +94,14 @@ impl AppState {
             upstream: proxy::Upstream::from_config(&config_upstream).map(Arc::new),
             audit,
             usage,
-        }
+        }))
     }
 
     /// Reports the database pool (size, idle connections) in the metrics.
     pub fn with_pool_stats(mut self, stats: metrics::PoolStatsFn) -> Self {
-        self.pool_stats = Some(stats);
+        Arc::get_mut(&mut self.0)
+            .expect("pool stats are set before the state is shared")
+            .pool_stats = Some(stats);
         self
     }
 }
@@ -117,7 +131,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/-/user/{id}/-rev/{rev}", put(api::user::login_rev))
         .route("/-/user/token/{token}", delete(api::user::logout))
-        .route("/-/v1/login", post(api::user::web_login_unavailable))
+        .route("/-/v1/login", post(api::user::web_login))
+        .route("/-/v1/done", get(api::user::web_login_done))
+        .merge(web::routes())
         .route(
             "/-/npm/v1/tokens",
             get(api::tokens::list).post(api::tokens::create),

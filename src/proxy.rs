@@ -231,7 +231,7 @@ fn is_document_read(method: &Method, route: &Route) -> bool {
 }
 
 /// The URL clients reach tokengate by, without a trailing slash.
-fn public_base(config: &Config, headers: &HeaderMap) -> String {
+pub(crate) fn public_base(config: &Config, headers: &HeaderMap) -> String {
     if !config.public_url.is_empty() {
         return config.public_url.trim_end_matches('/').to_owned();
     }

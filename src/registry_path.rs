@@ -13,6 +13,8 @@ pub enum Operation {
     Login,
     /// `POST /-/v1/login` and its polls: npm's web login.
     WebLogin,
+    /// `/-/web/…`: the pages for people; they check their own session cookie and CSRF token.
+    Web,
     /// `DELETE /-/user/token/TOKEN`.
     Logout,
     /// `GET /-/whoami`.
@@ -159,6 +161,7 @@ fn tokengate_or_registry_route(method: &Method, raw: &[&str], read: bool) -> Rou
         (&Method::DELETE, ["-", "user", "token", _]) => Logout,
         (&Method::POST, ["-", "v1", "login"]) => WebLogin,
         (&Method::GET, ["-", "v1", "done" | "login", ..]) => WebLogin,
+        (_, ["-", "web", ..]) => Web,
         (&Method::GET, ["-", "v1", "search"]) => Search,
         (&Method::GET, ["-", "npm", "v1", "tokens"]) => TokenList,
         (&Method::POST, ["-", "npm", "v1", "tokens"]) => TokenCreate,
@@ -285,6 +288,14 @@ mod tests {
             ),
             ("DELETE", "/-/user/token/npm_abc", Operation::Logout),
             ("POST", "/-/v1/login", Operation::WebLogin),
+            ("GET", "/-/v1/done?session=abc", Operation::WebLogin),
+            ("GET", "/-/web", Operation::Web),
+            ("GET", "/-/web/", Operation::Web),
+            ("GET", "/-/web/tokens", Operation::Web),
+            ("POST", "/-/web/login", Operation::Web),
+            ("POST", "/-/web/tokens/revoke", Operation::Web),
+            ("GET", "/-/web/npm-login?id=abc", Operation::Web),
+            ("GET", "/-/webby", Operation::Other { read: true }),
             ("GET", "/-/npm/v1/tokens", Operation::TokenList),
             ("POST", "/-/npm/v1/tokens", Operation::TokenCreate),
             (

@@ -42,6 +42,34 @@ pub async fn require(
         metrics::auth_outcome(AuthOutcome::OtpRequired);
         return Err(challenge());
     };
+    verify(state, user, tfa, code, client).await
+}
+
+/// Checks a code typed into a web form for `user` (whose two-factor authentication is
+/// enabled), under the same limits and rules as the `npm-otp` header.
+pub async fn verify_code(
+    state: &AppState,
+    user: &User,
+    code: &str,
+    client: IpAddr,
+) -> Result<(), ApiError> {
+    let Some(tfa) = user.tfa.as_ref().filter(|t| t.enabled()) else {
+        return Ok(());
+    };
+    let code = code.trim();
+    if code.is_empty() {
+        return Err(challenge());
+    }
+    verify(state, user, tfa, code, client).await
+}
+
+async fn verify(
+    state: &AppState,
+    user: &User,
+    tfa: &TfaState,
+    code: &str,
+    client: IpAddr,
+) -> Result<(), ApiError> {
     attempts::ensure_allowed(state, &user.name, client)?;
     if accept(state, user, tfa, code).await? {
         Ok(())

@@ -91,7 +91,7 @@ impl fmt::Debug for PlainToken {
 impl TokenKey {
     /// The key of any string, also of one that is not a well-formed token.
     pub fn of(secret: &str) -> Self {
-        TokenKey(hex::encode(Sha512::digest(secret.as_bytes())))
+        TokenKey(lower_hex(&Sha512::digest(secret.as_bytes())))
     }
 
     /// A 128-character lowercase hex string, as a key arrives in a revoke path.
@@ -106,6 +106,17 @@ impl TokenKey {
     pub fn short(&self) -> &str {
         &self.0[..12.min(self.0.len())]
     }
+}
+
+/// Lowercase hex without going through `char` iterators: this runs on every request.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// CRC32 of the random part, as 6 base62 digits (62^6 > 2^32).

@@ -774,3 +774,105 @@ fn metrics_path_moves_or_disables_the_endpoint() {
     assert_ne!(a.status, 200);
     assert!(!a.text().contains("tokengate_"), "{}", a.text());
 }
+
+/// How long `addr` goes on accepting `token` for whoami, polled every few milliseconds.
+fn accepted_for(addr: SocketAddr, token: &str, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let auth = bearer(token);
+    while started.elapsed() < limit {
+        let a = http(addr, "GET", "/-/whoami", &[("Authorization", &auth)], None);
+        if a.status == 401 {
+            return Some(started.elapsed());
+        }
+        assert_eq!(a.status, 200, "{}", a.text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn a_revocation_on_one_replica_reaches_the_others_within_a_second() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend);
+        add_user(&db, "alice", PW);
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Proc::start(
+            &Runner::plain(),
+            dir_a.path(),
+            &image_env(dir_a.path(), Some(&db.url), &[]),
+        );
+        let b = Proc::start(
+            &Runner::plain(),
+            dir_b.path(),
+            &image_env(dir_b.path(), Some(&db.url), &[]),
+        );
+        for round in 0..3 {
+            let session = login(a.addr, "alice");
+            // B has checked the token, so it is in B's cache.
+            for _ in 0..3 {
+                let ok = http(
+                    b.addr,
+                    "GET",
+                    "/-/whoami",
+                    &[("Authorization", &bearer(&session))],
+                    None,
+                );
+                assert_eq!(ok.status, 200, "{}", ok.text());
+            }
+            let key = tokengate::token::TokenKey::of(&session);
+            let revoked = http(
+                a.addr,
+                "DELETE",
+                &format!("/-/npm/v1/tokens/token/{}", key.0),
+                &[("Authorization", &bearer(&session))],
+                None,
+            );
+            assert_eq!(revoked.status, 204, "{}", revoked.text());
+            // A refuses it at once; B within a second.
+            let on_a = http(
+                a.addr,
+                "GET",
+                "/-/whoami",
+                &[("Authorization", &bearer(&session))],
+                None,
+            );
+            assert_eq!(
+                on_a.status, 401,
+                "{backend:?}: A still accepts its own revoked token"
+            );
+            let took = accepted_for(b.addr, &session, Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("{backend:?}: B still accepts the token after 5 s"));
+            eprintln!("{backend:?} round {round}: B refused the revoked token after {took:?}");
+            assert!(took < Duration::from_secs(1), "{backend:?}: {took:?}");
+        }
+        // The admin CLI's changes reach running servers too: disabling a user.
+        let session = login(a.addr, "alice");
+        let auth = bearer(&session);
+        assert_eq!(
+            http(
+                b.addr,
+                "GET",
+                "/-/whoami",
+                &[("Authorization", &auth)],
+                None
+            )
+            .status,
+            200
+        );
+        common::cli(&db, &["user", "disable", "alice"], "");
+        let took = accepted_for(b.addr, &session, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{backend:?}: B still accepts a disabled user's token"));
+        assert!(took < Duration::from_secs(1), "{backend:?}: {took:?}");
+        assert_eq!(
+            http(
+                a.addr,
+                "GET",
+                "/-/whoami",
+                &[("Authorization", &auth)],
+                None
+            )
+            .status,
+            401
+        );
+    }
+}

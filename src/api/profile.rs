@@ -80,8 +80,8 @@ pub struct ProfileUpdate {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
-    old: String,
-    new: String,
+    pub old: String,
+    pub new: String,
 }
 
 /// `{password, mode}` to enrol, change mode or disable; `["CODE"]` to confirm enrolment.
@@ -132,6 +132,8 @@ pub async fn update(
 
     if let Some(Some(change)) = &body.password {
         change_password(&state, &principal, change, client).await?;
+        // Browsers signed in to the web pages sign in again with the new password.
+        state.store.delete_user_web_sessions(user.id, None).await?;
     }
     let fields = ProfileFields {
         fullname: merge("fullname", body.fullname, &user.profile.fullname)?,
@@ -178,7 +180,7 @@ fn merge(
     Ok(value)
 }
 
-async fn reload(state: &AppState, user: &User) -> Result<User, ApiError> {
+pub async fn reload(state: &AppState, user: &User) -> Result<User, ApiError> {
     state
         .store
         .user_by_name(&user.name)
@@ -186,7 +188,7 @@ async fn reload(state: &AppState, user: &User) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found("This account no longer exists."))
 }
 
-async fn require_password(
+pub async fn require_password(
     state: &AppState,
     user: &User,
     password: &str,
@@ -205,7 +207,8 @@ async fn require_password(
 }
 
 /// `{password: {old, new}}`: other login sessions are revoked, the caller's own is kept.
-async fn change_password(
+/// Shared with the web password page.
+pub async fn change_password(
     state: &AppState,
     principal: &Principal,
     change: &PasswordChange,
@@ -235,8 +238,9 @@ async fn change_password(
     Ok(())
 }
 
-/// `{tfa: {password, mode}}`: start enrolment, change the mode, or turn it off.
-async fn tfa_settings(
+/// `{tfa: {password, mode}}`: start enrolment, change the mode, or turn it off. Shared with
+/// the web two-factor page; the answer's `tfa` is the otpauth URL when enrolment started.
+pub async fn tfa_settings(
     state: &AppState,
     user: &User,
     password: &str,
@@ -285,7 +289,8 @@ async fn tfa_settings(
 }
 
 /// `{tfa: ["CODE"]}`: confirms a pending enrolment and answers the recovery codes, once.
-async fn confirm(
+/// Shared with the web two-factor page.
+pub async fn confirm(
     state: &AppState,
     user: &User,
     codes: &[String],

@@ -17,6 +17,7 @@ use axum::Json;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 
 const DEFAULT_PER_PAGE: i64 = 10;
 const MAX_PER_PAGE: i64 = 9999;
@@ -149,16 +150,35 @@ pub async fn create(
     ClientAddr(client): ClientAddr,
     JsonBody(body): JsonBody<CreateTokenBody>,
 ) -> Result<Response, ApiError> {
+    let by = credential_name(&principal.credential);
+    let (token, record) = create_token(&state, &principal.user, &by, &body, client).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(token_json(&record, token.expose())),
+    )
+        .into_response())
+}
+
+/// Creates a token for `user` from a create body: the rules of `POST /-/npm/v1/tokens`, shared
+/// with the Access Tokens page. Validates the body, checks the password (under the failure
+/// limits) and the per-user limit, stores the token and notes the audit event; `by` names the
+/// caller's credential for the audit log.
+pub async fn create_token(
+    state: &AppState,
+    user: &User,
+    by: &str,
+    body: &CreateTokenBody,
+    client: IpAddr,
+) -> Result<(PlainToken, TokenRecord), ApiError> {
     let limits = ExpiryLimits {
         max_days: state.config.max_token_expiry_days,
         default_days: state.config.default_token_expiry_days,
     };
-    let spec = token_request::validate(&body, limits, Utc::now()).map_err(ApiError::BadRequest)?;
+    let spec = token_request::validate(body, limits, Utc::now()).map_err(ApiError::BadRequest)?;
     let password = body.password.as_deref().unwrap_or_default();
-    let user = &principal.user;
     let stored = Some(user.password_hash.as_str());
-    if !attempts::check_password(&state, &user.name, stored, password, client).await? {
-        tracing::info!(user = %principal.user.name, %client, "token create refused: wrong password");
+    if !attempts::check_password(state, &user.name, stored, password, client).await? {
+        tracing::info!(user = %user.name, %client, "token create refused: wrong password");
         return Err(ApiError::unauthorized(
             "Incorrect or missing password.",
             Challenge::Basic,
@@ -166,38 +186,30 @@ pub async fn create(
     }
     let max = i64::from(state.config.max_tokens_per_user);
     if spec.kind != TokenKind::Session
-        && state
-            .store
-            .count_live_tokens(principal.user.id, Utc::now())
-            .await?
-            >= max
+        && state.store.count_live_tokens(user.id, Utc::now()).await? >= max
     {
         return Err(ApiError::forbidden(format!(
             "You already have {max} tokens, the most one account may hold: revoke some with npm token revoke."
         )));
     }
-    let (token, record) = issue(&state, &principal.user, spec).await?;
+    let (token, record) = issue(state, user, spec).await?;
     let mut detail = token_json(&record, "");
     if let Some(obj) = detail.as_object_mut() {
         obj.remove("token");
         obj.remove("key");
-        obj.insert("by".into(), json!(credential_name(&principal.credential)));
+        obj.insert("by".into(), json!(by));
     }
     state.audit.note(
         Event::TokenCreated,
-        Some(&principal.user.name),
+        Some(&user.name),
         Some(&record.key),
         detail,
     );
     tracing::info!(
-        user = %principal.user.name, key = record.key.short(), kind = record.kind.as_str(), %client,
+        user = %user.name, key = record.key.short(), kind = record.kind.as_str(), %client,
         "token created"
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(token_json(&record, token.expose())),
-    )
-        .into_response())
+    Ok((token, record))
 }
 
 /// `DELETE /-/npm/v1/tokens/token/KEY-OR-TOKEN`: only the caller's own tokens.
@@ -207,24 +219,33 @@ pub async fn revoke(
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     let key = TokenKey::parse_hex(&id).unwrap_or_else(|| TokenKey::of(&id));
-    let revoked = state
-        .store
-        .revoke_token(principal.user.id, &key, Utc::now())
-        .await?;
+    let by = credential_name(&principal.credential);
+    revoke_token(&state, &principal.user, &key, &by).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes one of `user`'s tokens and notes the audit event (shared with the Access Tokens
+/// page); 404 when it is not theirs, unknown or already revoked.
+pub async fn revoke_token(
+    state: &AppState,
+    user: &User,
+    key: &TokenKey,
+    by: &str,
+) -> Result<(), ApiError> {
+    let revoked = state.store.revoke_token(user.id, key, Utc::now()).await?;
     if !revoked {
         return Err(ApiError::not_found(
             "No token of yours has that id or value: see npm token list.",
         ));
     }
-    let by = credential_name(&principal.credential);
-    tracing::info!(user = %principal.user.name, key = key.short(), by, "token revoked");
+    tracing::info!(user = %user.name, key = key.short(), by, "token revoked");
     state.audit.note(
         Event::TokenRevoked,
-        Some(&principal.user.name),
-        Some(&key),
+        Some(&user.name),
+        Some(key),
         json!({ "by": by }),
     );
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// How the caller proved who they are, for the audit log: the key id of their token.

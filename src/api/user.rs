@@ -150,7 +150,9 @@ async fn login_or_adduser(
     ))
 }
 
-async fn adduser(
+/// Creates an account as `npm adduser` does (shared with the web sign-up page): only when
+/// registration is open, with npm's name rules and the minimum password length.
+pub async fn adduser(
     state: &AppState,
     name: &str,
     email: &str,
@@ -283,9 +285,60 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "status": "ok", "database": "ok" })))
 }
 
-/// `POST /-/v1/login`: web login is not offered, so npm falls back to username and password.
-pub async fn web_login_unavailable() -> ApiError {
-    ApiError::not_found(
-        "Web login is not enabled on this registry; use npm login --auth-type=legacy.",
-    )
+/// What npm sends to `POST /-/v1/login`: `{}`, or `{create: true}` for `npm adduser`.
+#[derive(Deserialize, Default)]
+pub struct WebLoginBody {
+    #[serde(default)]
+    create: bool,
+}
+
+/// `POST /-/v1/login`: npm's web login. Answers `{loginUrl, doneUrl}`; npm opens the first in a
+/// browser and polls the second.
+pub async fn web_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: WebLoginBody = if body.iter().all(u8::is_ascii_whitespace) {
+        WebLoginBody::default()
+    } else {
+        super::parse_json(&body)?
+    };
+    let started = crate::web::npm_login::start(&state, &headers, body.create).await?;
+    Ok(Json(json!({
+        "loginUrl": started.login_url,
+        "doneUrl": started.done_url,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct DoneParams {
+    session: Option<String>,
+}
+
+/// `GET /-/v1/done?session=…`: 202 with `Retry-After` (and a JSON body, which npm reads) until
+/// the person confirmed in the browser, then 200 `{token}` once.
+pub async fn web_login_done(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<DoneParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::web::npm_login::{poll, Poll, POLL_SECS};
+    use axum::response::IntoResponse;
+    let done = query.ok().and_then(|q| q.0.session).unwrap_or_default();
+    Ok(match poll(&state, &done).await? {
+        Poll::Pending => (
+            StatusCode::ACCEPTED,
+            [
+                (axum::http::header::RETRY_AFTER, POLL_SECS.to_string()),
+                (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+            Json(json!({})),
+        )
+            .into_response(),
+        Poll::Token(token) => (
+            [(axum::http::header::CACHE_CONTROL, "no-store")],
+            Json(json!({ "token": token.expose() })),
+        )
+            .into_response(),
+    })
 }

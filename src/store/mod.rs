@@ -1,9 +1,12 @@
 //! Storage: one trait for every operation the server needs, one SQL implementation that runs
 //! on SQLite and PostgreSQL (each with its own migrations folder).
 
+pub mod cache;
 mod sql;
+pub mod web;
 
 pub use sql::{Backend, PoolSettings, SqlStore};
+pub use web::{NewWebSession, WebLogin, WebLoginPoll, WebSession, WebStore};
 
 use crate::token::TokenKey;
 use async_trait::async_trait;
@@ -243,7 +246,7 @@ pub struct TokenWithOwner {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebStore + Send + Sync + 'static {
     /// Whether the database answers (readiness).
     async fn ping(&self) -> StoreResult<()>;
 

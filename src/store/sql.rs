@@ -1,12 +1,16 @@
 //! The SQL store, on SQLite or PostgreSQL through sqlx's `Any` driver. Queries are written
 //! once in the dialect both accept (`$N` parameters, integers for flags and times).
 
+use super::cache::{CacheSettings, Change, TokenCache};
 use super::*;
 use anyhow::Context;
 use chrono::TimeZone;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::sync::Arc;
 use std::time::Duration;
+
+mod web;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -17,6 +21,8 @@ pub enum Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// The verification cache, when the server enabled it (see `store::cache`).
+    cache: std::sync::OnceLock<Arc<TokenCache>>,
 }
 
 /// Pool settings taken from the configuration.
@@ -63,7 +69,11 @@ impl SqlStore {
                 crate::config::mask_url_password(&url)
             )
         })?;
-        let store = SqlStore { pool, backend };
+        let store = SqlStore {
+            pool,
+            backend,
+            cache: std::sync::OnceLock::new(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -89,9 +99,164 @@ impl SqlStore {
         self.pool.close().await;
     }
 
+    /// Records a change for every replica's verification cache and forgets it here at once.
+    /// A failure is logged: other replicas then rely on the cache's time-to-live.
+    async fn changed(&self, change: Change) {
+        if let Some(cache) = self.cache.get() {
+            cache.forget(&change);
+        }
+        let (key, user) = match &change {
+            Change::Token(k) => (Some(k.0.as_str()), None),
+            Change::User(id) => (None, Some(*id)),
+        };
+        let written =
+            sqlx::query("INSERT INTO cache_events (token_key, user_id, at_ms) VALUES ($1, $2, $3)")
+                .bind(key)
+                .bind(user)
+                .bind(ms(Utc::now()))
+                .execute(&self.pool)
+                .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "change event not stored; other replicas may trust a stale token until the cache TTL");
+            return;
+        }
+        if self.backend == Backend::Postgres {
+            let _ = sqlx::query("SELECT pg_notify('tokengate_changes', '')")
+                .execute(&self.pool)
+                .await;
+        }
+    }
+
+    fn forget_user_locally(&self, user_id: i64) {
+        if let Some(cache) = self.cache.get() {
+            cache.forget(&Change::User(user_id));
+        }
+    }
+
+    /// Turns on the verification cache and the change polling (the server does; the admin
+    /// commands do not). `url` is the database URL, for PostgreSQL's LISTEN.
+    pub async fn enable_cache(
+        self: &Arc<Self>,
+        settings: CacheSettings,
+        url: &str,
+    ) -> anyhow::Result<()> {
+        let last = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM cache_events")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the change events")?
+            .try_get::<i64, _>("seq")
+            .context("reading the change events")?;
+        if self
+            .cache
+            .set(Arc::new(TokenCache::new(&settings)))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if self.backend == Backend::Postgres {
+            let wake = wake.clone();
+            let url = url.to_owned();
+            tokio::spawn(async move { listen_for_changes(&url, &wake).await });
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = last;
+            let mut since_prune = 0u32;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.poll) => {}
+                    _ = wake.notified() => {}
+                }
+                let Some(store) = weak.upgrade() else { return };
+                match store.apply_changes(last).await {
+                    Ok(seq) => last = seq,
+                    Err(e) => tracing::warn!(error = %e, "polling change events failed"),
+                }
+                since_prune += 1;
+                if since_prune >= 1000 {
+                    since_prune = 0;
+                    store.prune_changes().await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Forgets what changed after `last` (and, since sequence numbers of concurrent
+    /// transactions can become visible out of order, in the last few seconds too).
+    async fn apply_changes(&self, last: i64) -> StoreResult<i64> {
+        let recent = ms(Utc::now()) - 5_000;
+        let rows = sqlx::query(
+            "SELECT seq, token_key, user_id FROM cache_events WHERE seq > $1 OR at_ms > $2 ORDER BY seq",
+        )
+        .bind(last)
+        .bind(recent)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let mut newest = last;
+        if let Some(cache) = self.cache.get() {
+            for row in &rows {
+                let seq: i64 = row.try_get("seq").map_err(map_err)?;
+                newest = newest.max(seq);
+                let key: Option<String> = row.try_get("token_key").map_err(map_err)?;
+                let user: Option<i64> = row.try_get("user_id").map_err(map_err)?;
+                if let Some(key) = key {
+                    cache.forget(&Change::Token(TokenKey(key)));
+                }
+                if let Some(user) = user {
+                    cache.forget(&Change::User(user));
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    async fn prune_changes(&self) {
+        let before = ms(Utc::now()) - 3_600_000;
+        if let Err(e) = sqlx::query("DELETE FROM cache_events WHERE at_ms < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "pruning change events failed");
+        }
+    }
+
+    /// Inserts many tokens in one transaction (seeding benchmarks and imports).
+    pub async fn insert_tokens(&self, tokens: &[TokenRecord]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for t in tokens {
+            insert_token_query(t)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
     /// Connections open in the pool (idle and in use) and how many of them are idle.
     pub fn pool_stats(&self) -> (u32, usize) {
         (self.pool.size(), self.pool.num_idle())
+    }
+}
+
+/// Wakes the change poller on PostgreSQL NOTIFY; reconnects after errors. Polling goes on
+/// regardless, so this only makes propagation faster.
+async fn listen_for_changes(url: &str, wake: &tokio::sync::Notify) {
+    loop {
+        match sqlx::postgres::PgListener::connect(url).await {
+            Ok(mut listener) => {
+                if listener.listen("tokengate_changes").await.is_ok() {
+                    while listener.recv().await.is_ok() {
+                        wake.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling only"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 
@@ -244,6 +409,37 @@ fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
     })
 }
 
+/// The `INSERT` of one token row.
+fn insert_token_query(
+    t: &TokenRecord,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO tokens (key, user_id, redacted, kind, name, description, readonly, \
+         automation, bypass_2fa, cidr_whitelist, packages, packages_all, scopes, orgs, \
+         packages_and_scopes_permission, orgs_permission, created_ms, expires_ms, revoked_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, NULL)",
+    )
+    .bind(&t.key.0)
+    .bind(t.user_id)
+    .bind(&t.redacted)
+    .bind(t.kind.as_str())
+    .bind(t.name.as_deref())
+    .bind(t.description.as_deref())
+    .bind(t.readonly as i64)
+    .bind(t.automation as i64)
+    .bind(t.bypass_2fa as i64)
+    .bind(t.cidr_whitelist.as_deref().map(json_list))
+    .bind(json_list(&t.packages))
+    .bind(t.packages_all as i64)
+    .bind(json_list(&t.scopes))
+    .bind(json_list(&t.orgs))
+    .bind(t.packages_and_scopes_permission.map(Permission::as_str))
+    .bind(t.orgs_permission.map(Permission::as_str))
+    .bind(ms(t.created))
+    .bind(t.expires.map(ms))
+}
+
 /// `SELECT` of tokens joined with their owners (owner columns prefixed `u_`).
 fn token_with_owner_query(condition: &str) -> String {
     let owner = USER_COLUMNS
@@ -358,6 +554,7 @@ impl Store for SqlStore {
             .rows_affected();
         }
         tx.commit().await.map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(revoked)
     }
 
@@ -379,7 +576,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
+        Ok(())
     }
 
     async fn confirm_tfa(
@@ -413,6 +612,7 @@ impl Store for SqlStore {
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(true)
     }
 
@@ -424,6 +624,7 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -443,7 +644,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
+        Ok(())
     }
 
     async fn use_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool> {
@@ -457,6 +660,8 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        // The owner's cached last step is only a hint (this UPDATE decides), so no event.
+        self.forget_user_locally(user_id);
         Ok(done.rows_affected() > 0)
     }
 
@@ -494,6 +699,7 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -508,48 +714,33 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(done.rows_affected())
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO tokens (key, user_id, redacted, kind, name, description, readonly, \
-             automation, bypass_2fa, cidr_whitelist, packages, packages_all, scopes, orgs, \
-             packages_and_scopes_permission, orgs_permission, created_ms, expires_ms, revoked_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, NULL)",
-        )
-        .bind(&t.key.0)
-        .bind(t.user_id)
-        .bind(&t.redacted)
-        .bind(t.kind.as_str())
-        .bind(t.name.as_deref())
-        .bind(t.description.as_deref())
-        .bind(t.readonly as i64)
-        .bind(t.automation as i64)
-        .bind(t.bypass_2fa as i64)
-        .bind(t.cidr_whitelist.as_deref().map(json_list))
-        .bind(json_list(&t.packages))
-        .bind(t.packages_all as i64)
-        .bind(json_list(&t.scopes))
-        .bind(json_list(&t.orgs))
-        .bind(t.packages_and_scopes_permission.map(Permission::as_str))
-        .bind(t.orgs_permission.map(Permission::as_str))
-        .bind(ms(t.created))
-        .bind(t.expires.map(ms))
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
+        insert_token_query(t)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
     async fn token_by_key(&self, key: &TokenKey) -> StoreResult<Option<TokenWithOwner>> {
+        let cache = self.cache.get();
+        if let Some(hit) = cache.and_then(|c| c.get(key)) {
+            return Ok(Some(hit));
+        }
         let row = sqlx::query(&token_with_owner_query("t.key = $1"))
             .bind(&key.0)
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(token_with_owner).transpose()
+        let found = row.as_ref().map(token_with_owner).transpose()?;
+        if let (Some(cache), Some(found)) = (cache, &found) {
+            cache.insert(found.clone());
+        }
+        Ok(found)
     }
 
     async fn count_live_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<i64> {
@@ -612,6 +803,9 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        if done.rows_affected() > 0 {
+            self.changed(Change::Token(key.clone())).await;
+        }
         Ok(done.rows_affected() > 0)
     }
 
@@ -623,6 +817,7 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -655,6 +850,7 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        self.changed(Change::User(user_id)).await;
         Ok(done.rows_affected())
     }
 

@@ -1,0 +1,171 @@
+//! Benchmark helpers for `bench/run.sh`:
+//!
+//! - `bench floor --listen ADDR --tokens FILE`: the floor, a bare axum server whose
+//!   `/-/whoami` does only what any token check must (SHA-512 of the bearer token and an
+//!   in-memory map lookup); any other GET answers a small package document, so it also serves
+//!   as the upstream registry for proxied reads.
+//! - `bench seed --database-url URL --user NAME --tokens N --out FILE`: creates the user (if
+//!   missing) and N publish tokens in batches, and writes the first 1000 tokens to FILE.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::json;
+use sha2::{Digest, Sha512};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind, TokenRecord};
+use tokengate::token::PlainToken;
+
+type Keys = Arc<HashMap<String, String>>;
+
+async fn whoami(State(keys): State<Keys>, headers: HeaderMap) -> impl IntoResponse {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let key = hex::encode(Sha512::digest(token.as_bytes()));
+    match keys.get(&key) {
+        Some(user) => (StatusCode::OK, Json(json!({ "username": user }))),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "unknown token" })),
+        ),
+    }
+}
+
+async fn document() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "bench-pkg",
+        "dist-tags": { "latest": "1.0.0" },
+        "versions": { "1.0.0": { "name": "bench-pkg", "version": "1.0.0",
+            "dist": { "tarball": "http://127.0.0.1/bench-pkg/-/bench-pkg-1.0.0.tgz" } } }
+    }))
+}
+
+async fn floor(listen: &str, tokens_file: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(tokens_file)?;
+    let keys: HashMap<String, String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|t| {
+            (
+                hex::encode(Sha512::digest(t.as_bytes())),
+                "bench".to_owned(),
+            )
+        })
+        .collect();
+    let app = Router::new()
+        .route("/-/whoami", get(whoami))
+        .fallback(get(document))
+        .with_state(Arc::new(keys));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!("floor listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn seed(url: &str, user: &str, count: usize, out: &str) -> anyhow::Result<()> {
+    let store = SqlStore::connect(
+        url,
+        &PoolSettings {
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .await?;
+    let owner = match store
+        .user_by_name(user)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        Some(u) => u,
+        None => {
+            let password_hash = tokengate::password::hash("bench-password-1".into()).await?;
+            store
+                .create_user(&NewUser {
+                    name: user.into(),
+                    email: format!("{user}@example.com"),
+                    password_hash,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut shown = Vec::new();
+    let mut batch = Vec::with_capacity(5000);
+    for i in 0..count {
+        let token = PlainToken::generate("npm_");
+        if shown.len() < 1000 {
+            shown.push(token.expose().to_owned());
+        }
+        batch.push(TokenRecord {
+            key: token.key(),
+            user_id: owner.id,
+            redacted: token.redacted("npm_"),
+            kind: TokenKind::Publish,
+            name: Some(format!("bench-{i}")),
+            description: None,
+            readonly: false,
+            automation: false,
+            bypass_2fa: false,
+            cidr_whitelist: None,
+            packages: vec![],
+            packages_all: false,
+            scopes: vec![],
+            orgs: vec![],
+            packages_and_scopes_permission: None,
+            orgs_permission: None,
+            created: Utc::now(),
+            expires: None,
+            revoked: None,
+            last_used: None,
+            last_used_ip: None,
+        });
+        if batch.len() == batch.capacity() || i + 1 == count {
+            store
+                .insert_tokens(&batch)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            batch.clear();
+        }
+    }
+    std::fs::write(out, shown.join("\n") + "\n")?;
+    eprintln!(
+        "seeded {count} tokens for {user} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    store.close().await;
+    Ok(())
+}
+
+fn arg(args: &[String], name: &str) -> anyhow::Result<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("missing {name}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("floor") => floor(&arg(&args, "--listen")?, &arg(&args, "--tokens")?).await,
+        Some("seed") => {
+            seed(
+                &arg(&args, "--database-url")?,
+                &arg(&args, "--user")?,
+                arg(&args, "--tokens")?.parse()?,
+                &arg(&args, "--out")?,
+            )
+            .await
+        }
+        _ => anyhow::bail!("usage: bench floor --listen ADDR --tokens FILE | bench seed --database-url URL --user NAME --tokens N --out FILE"),
+    }
+}
