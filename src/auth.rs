@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    pub user: User,
+    pub user: std::sync::Arc<User>,
     pub credential: Credential,
 }
 
@@ -123,6 +123,11 @@ pub async fn decide(
     headers: &HeaderMap,
     client: IpAddr,
 ) -> Result<Decision, ApiError> {
+    if route.op == crate::registry_path::Operation::DotSegments {
+        return Err(ApiError::bad_request(
+            "The path contains `.` or `..` segments; send the package path without them.",
+        ));
+    }
     let access = match policy::requirement(route.op) {
         Requirement::Public => return Ok(Decision::Open),
         Requirement::Lenient => {
@@ -255,7 +260,7 @@ async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal
     state.usage.record(&key, client);
     Ok(Principal {
         user: owner,
-        credential: Credential::Token(Box::new(record)),
+        credential: Credential::Token(record),
     })
 }
 
@@ -272,7 +277,7 @@ async fn basic(state: &AppState, encoded: &str, client: IpAddr) -> Result<Princi
     let ok = attempts::check_password(state, name, stored, password, client).await?;
     match user {
         Some(user) if ok && !user.disabled => Ok(Principal {
-            user,
+            user: std::sync::Arc::new(user),
             credential: Credential::Password,
         }),
         _ => Err(wrong()),

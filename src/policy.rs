@@ -49,7 +49,7 @@ pub fn anonymous_allowed(op: Operation, anonymous_read: bool) -> bool {
 #[derive(Clone, Debug)]
 pub enum Credential {
     /// A bearer token.
-    Token(Box<TokenRecord>),
+    Token(std::sync::Arc<TokenRecord>),
     /// `Authorization: Basic` with the account password: everything the user may do.
     Password,
 }
@@ -200,7 +200,7 @@ mod tests {
     use chrono::Utc;
 
     fn token(kind: TokenKind, readonly: bool) -> Credential {
-        Credential::Token(Box::new(TokenRecord {
+        Credential::Token(std::sync::Arc::new(TokenRecord {
             key: TokenKey::of("x"),
             user_id: 1,
             redacted: "npm_x".into(),
@@ -281,6 +281,7 @@ mod tests {
     ) -> Credential {
         let mut cred = token(TokenKind::Granular, !permission.can_write());
         if let Credential::Token(t) = &mut cred {
+            let t = std::sync::Arc::make_mut(t);
             t.packages = packages.iter().map(|p| p.to_string()).collect();
             t.scopes = scopes.iter().map(|p| p.to_string()).collect();
             t.packages_all = all;
@@ -363,6 +364,7 @@ mod tests {
         use TfaMode::*;
         let mut bypassing = token(TokenKind::Granular, false);
         if let Credential::Token(t) = &mut bypassing {
+            let t = std::sync::Arc::make_mut(t);
             t.bypass_2fa = true;
         }
         let session = token(TokenKind::Session, false);

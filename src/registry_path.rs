@@ -58,6 +58,9 @@ pub enum Operation {
     Audit,
     /// Anything else: a read when the method is GET or HEAD, else a write.
     Other { read: bool },
+    /// A path with `.` or `..` segments (also percent-encoded): refused, since a proxy or
+    /// registry that resolves them would reach another route than the one checked.
+    DotSegments,
 }
 
 impl Operation {
@@ -143,6 +146,12 @@ pub fn route(method: &Method, path: &str, prefix: &str) -> Route {
     };
     let read = method == Method::GET || method == Method::HEAD;
     let raw: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if raw.iter().any(|seg| {
+        let d = decode(seg);
+        d == "." || d == ".." || d.ends_with("/..") || d.starts_with("../") || d.contains("/../")
+    }) {
+        return Route::plain(Operation::DotSegments);
+    }
     if raw.first() == Some(&"-") {
         return tokengate_or_registry_route(method, &raw, read);
     }
@@ -479,6 +488,16 @@ mod tests {
             ("GET", "/-/auth/verify", Verify, None, None),
             ("GET", "/", Other { read: true }, None, None),
             ("POST", "/lodash", PackageWrite, p("lodash"), None),
+            ("GET", "/-/web/../@corp/pkg", DotSegments, None, None),
+            ("PUT", "/-/ping/%2e%2e/@corp%2fpkg", DotSegments, None, None),
+            (
+                "GET",
+                "/@corp/pkg/./-/pkg-1.0.0.tgz",
+                DotSegments,
+                None,
+                None,
+            ),
+            ("GET", "/@corp%2f..%2fother", DotSegments, None, None),
         ];
         for (method, path, op, package, org) in cases {
             let m: Method = method.parse().unwrap();

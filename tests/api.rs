@@ -1942,6 +1942,30 @@ async fn forward_auth_answers_for_the_original_request() {
             .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
         assert!(a.error().contains("X-Original-URI"), "{}", a.error());
+        // Paths a proxy would resolve to another route are refused, and tokengate's own
+        // routes are never approved for forwarding to the registry.
+        let a = verify(
+            Some(session.clone()),
+            "GET",
+            "/npm/-/web/../@acme%2fx",
+            true,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        let a = verify(None, "PUT", "/npm/-/ping/%2e%2e/@acme%2fx", true).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        let a = verify(None, "GET", "/npm/-/web/tokens", true).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        // The gate refuses them too.
+        let a = h
+            .call(
+                Method::GET,
+                "/@acme%2fx/../../-/whoami",
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     }
 }
 

@@ -66,6 +66,14 @@ async fn check(
         )
     })?;
     let route = registry_path::route(&method, uri, &state.config.registry_path_prefix);
+    if !route.op.is_registry() && route.op != registry_path::Operation::DotSegments {
+        // tokengate's own pages and endpoints are never forwarded to the registry: a proxy that
+        // asks about them routes them wrongly.
+        return Err(ApiError::forbidden(
+            "This path belongs to tokengate itself: route it to tokengate, not to the registry \
+             (see docs/nginx.conf).",
+        ));
+    }
     let decision = auth::decide(state, &route, headers, client).await?;
     let mut response = StatusCode::OK.into_response();
     if let Decision::Allowed(principal) = decision {

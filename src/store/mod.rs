@@ -240,9 +240,10 @@ pub struct AuditFilter {
 
 /// A token found by its key, with the owner it acts for.
 #[derive(Clone, Debug)]
+/// Shared, so the verification cache and each request hold it without copying.
 pub struct TokenWithOwner {
-    pub token: TokenRecord,
-    pub owner: User,
+    pub token: std::sync::Arc<TokenRecord>,
+    pub owner: std::sync::Arc<User>,
 }
 
 #[async_trait]

@@ -452,8 +452,8 @@ fn token_with_owner_query(condition: &str) -> String {
 
 fn token_with_owner(row: &AnyRow) -> StoreResult<TokenWithOwner> {
     Ok(TokenWithOwner {
-        token: token_from_row(row)?,
-        owner: user_from_row(row, "u_").map_err(map_err)?,
+        token: Arc::new(token_from_row(row)?),
+        owner: Arc::new(user_from_row(row, "u_").map_err(map_err)?),
     })
 }
 
@@ -552,6 +552,12 @@ impl Store for SqlStore {
             .await
             .map_err(map_err)?
             .rows_affected();
+            // Signed-in browsers end too: a session could approve an npm login.
+            sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
         self.changed(Change::User(user_id)).await;
@@ -817,6 +823,13 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
+        if disabled {
+            sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        }
         self.changed(Change::User(user_id)).await;
         Ok(())
     }
@@ -850,6 +863,11 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         self.changed(Change::User(user_id)).await;
         Ok(done.rows_affected())
     }

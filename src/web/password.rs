@@ -111,7 +111,7 @@ pub async fn submit(
         }
     }
     let principal = Principal {
-        user: who.user.clone(),
+        user: std::sync::Arc::new(who.user.clone()),
         credential: Credential::Password,
     };
     let change = PasswordChange {

@@ -470,7 +470,7 @@ async fn own_token(
         .ok_or_else(|| WebError(ApiError::bad_request("That is not a token id.")))?;
     match state.store.token_by_key(&key).await? {
         Some(found) if found.owner.id == who.user.id && found.token.revoked.is_none() => {
-            Ok(found.token)
+            Ok((*found.token).clone())
         }
         _ => Err(WebError(ApiError::not_found(
             "No token of yours has that id: it may have been revoked already.",
