@@ -63,6 +63,8 @@ for store in $STORES; do
   pids+=($!)
   port=$(free_port)
   started=$(date +%s.%N)
+  idle_rss=""
+
   TOKENGATE_DATABASE_URL="$url" TOKENGATE_LISTEN="127.0.0.1:$port" \
     TOKENGATE_TFA_KEY_FILE="$work/tokengate.key" TOKENGATE_UPSTREAM_URL="http://127.0.0.1:$floor_port" \
     RUST_LOG=${BENCH_RUST_LOG:-warn} "$BIN" serve 2>"$work/server.log" &
@@ -70,6 +72,7 @@ for store in $STORES; do
   pids+=($server)
   wait_http "http://127.0.0.1:$port/-/ping"
   startup=$(echo "$(date +%s.%N) - $started" | bc)
+  idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
   wait_http "http://127.0.0.1:$floor_port/bench-pkg"
 
   auth="Authorization: Bearer $token"
@@ -98,9 +101,21 @@ for store in $STORES; do
     printf '%-9s %-22s %10.0f %8.2f %8.2f %8.2f %8.2f\n' "$store" "$c" "$rps" "$p50" "$p99" \
       "$(echo "$rps / $floor_rps" | bc -l)" "$(echo "$p99 / $floor_p99" | bc -l)"
   done
+  # A login storm: 20 clients logging in back to back (argon2id each) while whoami is measured.
+  storm_secs=$(( ${DURATION%s} + 3 ))
+  wrk -t1 -c20 -d"${storm_secs}s" -s bench/login.lua "http://127.0.0.1:$port" >"$work/storm.log" 2>&1 &
+  storm=($!)
+  sleep 1
+  read -r rps p50 p99 <<<"$(measure -H "$auth" "http://127.0.0.1:$port/-/whoami")"
+  wait "${storm[@]}" 2>/dev/null || true
+  logins=$(awk '/Requests\/sec/ {print $2}' "$work/storm.log")
+  normal=$(echo "${sum_rps[whoami]} / $ROUNDS" | bc -l)
+  printf '%-9s %-22s %10.0f %8.2f %8.2f %8.2f %8s  (x whoami alone)\n' "$store" "whoami+20-logins" "$rps" "$p50" "$p99" \
+    "$(echo "$rps / $normal" | bc -l)" "-"
+  printf '%-9s %-22s %10.0f  logins/s during that run (argon2id, bounded to half the cores)\n' "$store" "logins" "$logins"
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
-  printf '%-9s tokens %s, start-up %.2f s, server RSS after the runs %s MiB; %s\n' "$store" "$TOKENS" \
-    "$startup" "$((rss / 1024))" "$(tail -1 "$work/seed.log")"
+  printf '%-9s tokens %s, start-up %.2f s, RSS idle %s MiB, after the runs %s MiB; %s\n' "$store" "$TOKENS" \
+    "$startup" "$((idle_rss / 1024))" "$((rss / 1024))" "$(tail -1 "$work/seed.log")"
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   pids=()

@@ -4,9 +4,27 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Salt
 use argon2::{Argon2, PasswordVerifier};
 use std::sync::OnceLock;
 
+/// At most this many argon2 computations run at once (half the cores, at least one), so a
+/// login storm cannot take every core from the per-request token check.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new((cores / 2).max(1))
+    })
+}
+
+/// Runs `work` on the blocking pool once a hashing slot is free.
+async fn bounded<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let _slot = hashing_slots().acquire().await?;
+    Ok(tokio::task::spawn_blocking(work).await?)
+}
+
 /// Hashes a password into a PHC string (argon2id, the crate's OWASP-level defaults).
 pub async fn hash(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await?
+    bounded(move || hash_blocking(&password)).await?
 }
 
 pub fn hash_blocking(password: &str) -> anyhow::Result<String> {
@@ -20,7 +38,7 @@ pub fn hash_blocking(password: &str) -> anyhow::Result<String> {
 /// Verifies a password against a stored hash. With no hash (an unknown user) a dummy hash is
 /// verified instead, so the answer takes as long and names cannot be probed by timing.
 pub async fn verify(password: String, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
+    bounded(move || {
         let found = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
         let ok = PasswordHash::new(&phc)
