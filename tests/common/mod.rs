@@ -100,6 +100,8 @@ pub fn binary() -> PathBuf {
 pub fn cli(db: &TestDb, args: &[&str], stdin: &str) -> String {
     let mut child = Command::new(binary())
         .args(args)
+        // The tests' own setting is not one of tokengate's, which refuses unknown keys.
+        .env_remove("TOKENGATE_TEST_POSTGRES_URL")
         .env("TOKENGATE_DATABASE_URL", &db.url)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -151,6 +153,7 @@ impl Server {
     pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(binary());
+        cmd.env_remove("TOKENGATE_TEST_POSTGRES_URL");
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("TOKENGATE_TFA_KEY_FILE", dir.path().join("server.key"))
             .env("TOKENGATE_DATABASE_URL", &db.url)
