@@ -158,7 +158,7 @@ impl Default for Config {
             last_used_flush_secs: 5,
             token_cache_capacity: 100_000,
             token_cache_ttl_secs: 60,
-            change_poll_ms: 500,
+            change_poll_ms: 25,
             upstream: UpstreamConfig::default(),
         }
     }

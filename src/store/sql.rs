@@ -162,6 +162,7 @@ impl SqlStore {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut last = last;
+            let mut seen = std::collections::HashMap::new();
             let mut since_prune = 0u32;
             loop {
                 tokio::select! {
@@ -169,12 +170,12 @@ impl SqlStore {
                     _ = wake.notified() => {}
                 }
                 let Some(store) = weak.upgrade() else { return };
-                match store.apply_changes(last).await {
+                match store.apply_changes(last, &mut seen).await {
                     Ok(seq) => last = seq,
                     Err(e) => tracing::warn!(error = %e, "polling change events failed"),
                 }
                 since_prune += 1;
-                if since_prune >= 1000 {
+                if since_prune >= 20_000 {
                     since_prune = 0;
                     store.prune_changes().await;
                 }
@@ -185,10 +186,18 @@ impl SqlStore {
 
     /// Forgets what changed after `last` (and, since sequence numbers of concurrent
     /// transactions can become visible out of order, in the last few seconds too).
-    async fn apply_changes(&self, last: i64) -> StoreResult<i64> {
-        let recent = ms(Utc::now()) - 5_000;
+    /// `seen` holds the recent events already applied (sequence → time), so each is applied
+    /// once even though the last seconds are read again.
+    async fn apply_changes(
+        &self,
+        last: i64,
+        seen: &mut std::collections::HashMap<i64, i64>,
+    ) -> StoreResult<i64> {
+        let now = ms(Utc::now());
+        let recent = now - 5_000;
+        seen.retain(|_, at| *at > recent - 5_000);
         let rows = sqlx::query(
-            "SELECT seq, token_key, user_id FROM cache_events WHERE seq > $1 OR at_ms > $2 ORDER BY seq",
+            "SELECT seq, token_key, user_id, at_ms FROM cache_events WHERE seq > $1 OR at_ms > $2 ORDER BY seq",
         )
         .bind(last)
         .bind(recent)
@@ -200,6 +209,10 @@ impl SqlStore {
             for row in &rows {
                 let seq: i64 = row.try_get("seq").map_err(map_err)?;
                 newest = newest.max(seq);
+                let at: i64 = row.try_get("at_ms").map_err(map_err)?;
+                if seen.insert(seq, at).is_some() {
+                    continue;
+                }
                 let key: Option<String> = row.try_get("token_key").map_err(map_err)?;
                 let user: Option<i64> = row.try_get("user_id").map_err(map_err)?;
                 if let Some(key) = key {
