@@ -64,6 +64,8 @@ pub struct Shared {
     pub keys: Arc<KeyRing>,
     /// Password and OTP failures, per account and client address.
     pub failures: Arc<FailureLimiter>,
+    /// npm web logins started per client address (`POST /-/v1/login` needs no credentials).
+    pub login_starts: Arc<FailureLimiter>,
     /// Database pool size and idle connections for the metrics; `None`: not reported.
     pub pool_stats: Option<metrics::PoolStatsFn>,
     /// The registry behind tokengate in reverse-proxy mode.
@@ -90,6 +92,10 @@ impl AppState {
             store,
             keys: Arc::new(keys),
             failures: Arc::new(failures),
+            login_starts: Arc::new(FailureLimiter::new(
+                api::user::WEB_LOGINS_PER_WINDOW,
+                Duration::from_secs(api::user::WEB_LOGIN_WINDOW_SECS),
+            )),
             pool_stats: None,
             upstream: proxy::Upstream::from_config(&config_upstream).map(Arc::new),
             audit,

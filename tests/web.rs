@@ -813,3 +813,16 @@ async fn two_factor_through_the_pages() {
         assert!(user.tfa.is_none(), "{backend:?}: two-factor is off");
     }
 }
+
+#[tokio::test]
+async fn starting_npm_web_logins_is_limited_per_address() {
+    let h = harness(Backend::Sqlite, |_| {}).await;
+    for _ in 0..tokengate::api::user::WEB_LOGINS_PER_WINDOW {
+        let a = h.call(Method::POST, "/-/v1/login", &[], None).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let a = h.call(Method::POST, "/-/v1/login", &[], None).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(a.headers.contains_key(header::RETRY_AFTER));
+    assert!(a.text.contains("try again in"), "{}", a.text);
+}

@@ -296,9 +296,23 @@ pub struct WebLoginBody {
 /// browser and polls the second.
 pub async fn web_login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // Anyone may start a login, and each one is a database row for ten minutes: a client
+    // address may start only so many per window.
+    let address = client.to_string();
+    if let Err(wait) = state.login_starts.check(&address, client) {
+        let secs = wait.as_secs().max(1);
+        return Err(ApiError::TooManyAttempts {
+            message: format!(
+                "Too many logins started from this address: try again in {secs} seconds."
+            ),
+            retry_after_secs: secs,
+        });
+    }
+    state.login_starts.record_failure(&address, client);
     let body: WebLoginBody = if body.iter().all(u8::is_ascii_whitespace) {
         WebLoginBody::default()
     } else {
@@ -315,6 +329,10 @@ pub async fn web_login(
 pub struct DoneParams {
     session: Option<String>,
 }
+
+/// Web logins one client address may start per window.
+pub const WEB_LOGINS_PER_WINDOW: usize = 30;
+pub const WEB_LOGIN_WINDOW_SECS: u64 = 300;
 
 /// `GET /-/v1/done?session=…`: 202 with `Retry-After` (and a JSON body, which npm reads) until
 /// the person confirmed in the browser, then 200 `{token}` once.
