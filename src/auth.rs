@@ -150,7 +150,7 @@ pub async fn decide(
         }
     };
     if let Err(denial) = policy::authorize(&principal.credential, access, route) {
-        let read_only = matches!(&principal.credential, Credential::Token(t) if t.readonly || t.kind == crate::store::TokenKind::ReadOnly);
+        let read_only = matches!(&principal.credential, Credential::Token(t) if t.is_read_only());
         metrics::auth_outcome(if read_only {
             AuthOutcome::ReadOnly
         } else {

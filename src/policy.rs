@@ -65,7 +65,7 @@ pub fn authorize(credential: &Credential, access: Access, route: &Route) -> Resu
         Credential::Token(t) => t,
     };
     let what = target_name(route);
-    if access != Access::Read && (token.readonly || token.kind == TokenKind::ReadOnly) {
+    if access != Access::Read && token.is_read_only() {
         return Err(Denial(format!(
             "This token is read-only: it can read, but it cannot {}{what}. Use a login session \
              (npm login) or a token with write access.",

@@ -209,6 +209,13 @@ pub struct TokenRecord {
     pub last_used_ip: Option<String>,
 }
 
+impl TokenRecord {
+    /// Read-only by kind or by flag (legacy read-only tokens, granular read-only permission).
+    pub fn is_read_only(&self) -> bool {
+        self.readonly || self.kind == TokenKind::ReadOnly
+    }
+}
+
 /// One use of a token, recorded in memory and written in batches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenUse {
