@@ -3,7 +3,7 @@
 
 use crate::store::{Store, TokenUse};
 use crate::token::TokenKey;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 pub struct UsageTracker {
     store: Arc<dyn Store>,
-    pending: Mutex<HashMap<TokenKey, TokenUse>>,
+    /// Newest use per token; turned into `TokenUse` rows only when flushed.
+    pending: Mutex<HashMap<TokenKey, (DateTime<Utc>, IpAddr)>>,
 }
 
 impl UsageTracker {
@@ -36,17 +37,17 @@ impl UsageTracker {
         tracker
     }
 
-    /// Notes a use; cheap (a map insert under a short lock).
+    /// Notes a use; cheap: a map update under a short lock, no allocation for a token already
+    /// pending.
     pub fn record(&self, key: &TokenKey, client: IpAddr) {
-        let used = TokenUse {
-            key: key.clone(),
-            at: Utc::now(),
-            client: client.to_string(),
-        };
-        self.pending
-            .lock()
-            .expect("usage lock")
-            .insert(key.clone(), used);
+        let used = (Utc::now(), client);
+        let mut pending = self.pending.lock().expect("usage lock");
+        match pending.get_mut(key) {
+            Some(entry) => *entry = used,
+            None => {
+                pending.insert(key.clone(), used);
+            }
+        }
     }
 
     /// Writes the pending uses now.
@@ -56,7 +57,14 @@ impl UsageTracker {
             if pending.is_empty() {
                 return;
             }
-            std::mem::take(&mut *pending).into_values().collect()
+            std::mem::take(&mut *pending)
+                .into_iter()
+                .map(|(key, (at, client))| TokenUse {
+                    key,
+                    at,
+                    client: client.to_string(),
+                })
+                .collect()
         };
         if let Err(e) = self.store.record_token_uses(&batch).await {
             tracing::warn!(error = %e, tokens = batch.len(), "last-used times not stored");
