@@ -17,8 +17,9 @@ use serde_json::json;
 use sha2::{Digest, Sha512};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind, TokenRecord};
+use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind};
 use tokengate::token::PlainToken;
+use tokengate::token_request::TokenSpec;
 
 type Keys = Arc<HashMap<String, String>>;
 
@@ -104,29 +105,8 @@ async fn seed(url: &str, user: &str, count: usize, out: &str) -> anyhow::Result<
         if shown.len() < 1000 {
             shown.push(token.expose().to_owned());
         }
-        batch.push(TokenRecord {
-            key: token.key(),
-            user_id: owner.id,
-            redacted: token.redacted("npm_"),
-            kind: TokenKind::Publish,
-            name: Some(format!("bench-{i}")),
-            description: None,
-            readonly: false,
-            automation: false,
-            bypass_2fa: false,
-            cidr_whitelist: None,
-            packages: vec![],
-            packages_all: false,
-            scopes: vec![],
-            orgs: vec![],
-            packages_and_scopes_permission: None,
-            orgs_permission: None,
-            created: Utc::now(),
-            expires: None,
-            revoked: None,
-            last_used: None,
-            last_used_ip: None,
-        });
+        let spec = TokenSpec::unrestricted(TokenKind::Publish, Some(format!("bench-{i}")), None);
+        batch.push(spec.into_record(token.key(), owner.id, token.redacted("npm_"), Utc::now()));
         if batch.len() == batch.capacity() || i + 1 == count {
             store
                 .insert_tokens(&batch)

@@ -200,29 +200,11 @@ mod tests {
     use chrono::Utc;
 
     fn token(kind: TokenKind, readonly: bool) -> Credential {
-        Credential::Token(std::sync::Arc::new(TokenRecord {
-            key: TokenKey::of("x"),
-            user_id: 1,
-            redacted: "npm_x".into(),
-            kind,
-            name: None,
-            description: None,
-            readonly,
-            automation: kind == TokenKind::Automation,
-            bypass_2fa: false,
-            cidr_whitelist: None,
-            packages: vec![],
-            packages_all: false,
-            scopes: vec![],
-            orgs: vec![],
-            packages_and_scopes_permission: None,
-            orgs_permission: None,
-            created: Utc::now(),
-            expires: None,
-            revoked: None,
-            last_used: None,
-            last_used_ip: None,
-        }))
+        let mut record = crate::token_request::TokenSpec::unrestricted(kind, None, None)
+            .into_record(TokenKey::of("x"), 1, "npm_x".into(), Utc::now());
+        record.readonly = readonly;
+        record.automation = kind == TokenKind::Automation;
+        Credential::Token(std::sync::Arc::new(record))
     }
 
     fn no_target() -> Route {

@@ -66,6 +66,30 @@ pub struct TokenSpec {
 }
 
 impl TokenSpec {
+    /// A token of `kind` with no CIDR, package, scope or org limits.
+    pub fn unrestricted(
+        kind: TokenKind,
+        name: Option<String>,
+        expires: Option<DateTime<Utc>>,
+    ) -> TokenSpec {
+        TokenSpec {
+            kind,
+            name,
+            description: None,
+            readonly: false,
+            automation: false,
+            bypass_2fa: false,
+            cidr_whitelist: None,
+            packages: vec![],
+            packages_all: false,
+            scopes: vec![],
+            orgs: vec![],
+            packages_and_scopes_permission: None,
+            orgs_permission: None,
+            expires,
+        }
+    }
+
     pub fn into_record(
         self,
         key: TokenKey,

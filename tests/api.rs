@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokengate::config::{Config, Registration};
-use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind, TokenRecord};
+use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind};
 use tokengate::token::PlainToken;
+use tokengate::token_request::TokenSpec;
 use tokengate::AppState;
 use tower::ServiceExt;
 
@@ -872,29 +873,19 @@ async fn expired_tokens_and_disabled_users_are_refused() {
         let token = PlainToken::generate("npm_");
         let now = Utc::now();
         h.store
-            .insert_token(&TokenRecord {
-                key: token.key(),
-                user_id: alice.id,
-                redacted: token.redacted("npm_"),
-                kind: TokenKind::Publish,
-                name: Some("old".into()),
-                description: None,
-                readonly: false,
-                automation: false,
-                bypass_2fa: false,
-                cidr_whitelist: None,
-                packages: vec![],
-                packages_all: false,
-                scopes: vec![],
-                orgs: vec![],
-                packages_and_scopes_permission: None,
-                orgs_permission: None,
-                created: now - Duration::days(2),
-                expires: Some(now - Duration::seconds(1)),
-                revoked: None,
-                last_used: None,
-                last_used_ip: None,
-            })
+            .insert_token(
+                &TokenSpec::unrestricted(
+                    TokenKind::Publish,
+                    Some("old".into()),
+                    Some(now - Duration::seconds(1)),
+                )
+                .into_record(
+                    token.key(),
+                    alice.id,
+                    token.redacted("npm_"),
+                    now - Duration::days(2),
+                ),
+            )
             .await
             .unwrap();
         let a = h.whoami(token.expose()).await;

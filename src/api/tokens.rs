@@ -69,22 +69,8 @@ pub async fn issue_session(
     user: &User,
 ) -> Result<(PlainToken, TokenRecord), ApiError> {
     let hours = state.config.session_expiry_hours;
-    let spec = TokenSpec {
-        kind: TokenKind::Session,
-        name: Some("npm login".into()),
-        description: None,
-        readonly: false,
-        automation: false,
-        bypass_2fa: false,
-        cidr_whitelist: None,
-        packages: vec![],
-        packages_all: false,
-        scopes: vec![],
-        orgs: vec![],
-        packages_and_scopes_permission: None,
-        orgs_permission: None,
-        expires: (hours > 0).then(|| Utc::now() + Duration::hours(hours as i64)),
-    };
+    let expires = (hours > 0).then(|| Utc::now() + Duration::hours(hours as i64));
+    let spec = TokenSpec::unrestricted(TokenKind::Session, Some("npm login".into()), expires);
     issue(state, user, spec).await
 }
 
