@@ -13,15 +13,10 @@ use std::fmt::Write;
 /// Shortest key prefix `token revoke` accepts.
 const MIN_PREFIX: usize = 6;
 
-fn e(err: crate::store::StoreError) -> anyhow::Error {
-    anyhow::anyhow!("{err}")
-}
-
 async fn user(store: &dyn Store, name: &str) -> anyhow::Result<User> {
     store
         .user_by_name(name)
-        .await
-        .map_err(e)?
+        .await?
         .with_context(|| format!("no user named {name}"))
 }
 
@@ -36,14 +31,14 @@ pub async fn note(
     detail["by"] = json!("admin cli");
     store
         .insert_audit(&[audit::event(what, Some(name), key, detail)])
-        .await
-        .map_err(e)
+        .await?;
+    Ok(())
 }
 
 /// `tokengate user disable|enable NAME`: a disabled user's tokens stop working at once.
 pub async fn set_disabled(store: &dyn Store, name: &str, disabled: bool) -> anyhow::Result<String> {
     let u = user(store, name).await?;
-    store.set_user_disabled(u.id, disabled).await.map_err(e)?;
+    store.set_user_disabled(u.id, disabled).await?;
     let what = if disabled {
         Event::UserDisabled
     } else {
@@ -72,7 +67,7 @@ fn status(t: &TokenRecord, now: DateTime<Utc>) -> &'static str {
 /// `tokengate token list NAME`: the user's unrevoked tokens, newest first.
 pub async fn token_list(store: &dyn Store, name: &str) -> anyhow::Result<String> {
     let u = user(store, name).await?;
-    let (tokens, _) = store.list_tokens(u.id, 0, i64::MAX / 2).await.map_err(e)?;
+    let (tokens, _) = store.list_tokens(u.id, 0, i64::MAX / 2).await?;
     let now = Utc::now();
     let mut out = format!(
         "{:<12}  {:<10}  {:<8}  {:<20}  {:<20}  {:<20}  {:<15}  {}\n",
@@ -133,17 +128,14 @@ pub async fn token_revoke(store: &dyn Store, prefix: &str) -> anyhow::Result<Str
     if prefix.len() < MIN_PREFIX || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("give at least {MIN_PREFIX} hex characters of the token's id (see `tokengate token list NAME`)");
     }
-    let found = store.tokens_by_key_prefix(&prefix, 11).await.map_err(e)?;
+    let found = store.tokens_by_key_prefix(&prefix, 11).await?;
     let live: Vec<_> = found.iter().filter(|f| f.token.revoked.is_none()).collect();
     match live.as_slice() {
         [] if found.is_empty() => bail!("no token has an id starting with {prefix}"),
         [] => bail!("the token {prefix}… is already revoked"),
         [one] => {
             let key = &one.token.key;
-            store
-                .revoke_token(one.owner.id, key, Utc::now())
-                .await
-                .map_err(e)?;
+            store.revoke_token(one.owner.id, key, Utc::now()).await?;
             let detail = json!({ "kind": one.token.kind.as_str() });
             note(
                 store,
@@ -176,7 +168,7 @@ pub async fn token_revoke(store: &dyn Store, prefix: &str) -> anyhow::Result<Str
 /// `tokengate token revoke-all NAME`: every token of the user, sessions included.
 pub async fn token_revoke_all(store: &dyn Store, name: &str) -> anyhow::Result<String> {
     let u = user(store, name).await?;
-    let n = store.revoke_all_tokens(u.id, Utc::now()).await.map_err(e)?;
+    let n = store.revoke_all_tokens(u.id, Utc::now()).await?;
     note(
         store,
         Event::TokensRevokedAll,
@@ -233,8 +225,7 @@ pub async fn audit_list(
         .map_err(anyhow::Error::msg)?;
     let events = store
         .list_audit(&AuditFilter { user, since, limit })
-        .await
-        .map_err(e)?;
+        .await?;
     if as_json {
         let mut out = String::new();
         for ev in &events {

@@ -345,8 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn find_user(store: &SqlStore, name: &str) -> anyhow::Result<tokengate::store::User> {
     store
         .user_by_name(name)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .await?
         .with_context(|| format!("no user named {name}"))
 }
 
@@ -386,8 +385,7 @@ async fn user_command(
             let password_hash = tokengate::password::hash(password).await?;
             let revoked = store
                 .set_password(user.id, &password_hash, !keep_sessions)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .await?;
             let detail = json!({ "sessions_revoked": revoked });
             admin::note(store, Event::PasswordChanged, &name, None, detail).await?;
             println!("password of {name} changed; {revoked} login session(s) revoked");
@@ -403,19 +401,13 @@ async fn user_command(
             if user.tfa.is_none() {
                 println!("{name} has no two-factor authentication; nothing changed");
             } else {
-                store
-                    .disable_tfa(user.id)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                store.disable_tfa(user.id).await?;
                 admin::note(store, Event::TfaDisabled, &name, None, json!({})).await?;
                 println!("two-factor authentication of {name} disabled");
             }
         }
         UserCommand::List => {
-            let users = store
-                .list_users()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let users = store.list_users().await?;
             println!("{:<24} {:<32} {:<8} created", "name", "email", "status");
             for u in users {
                 println!(
