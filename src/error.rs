@@ -89,6 +89,11 @@ impl ApiError {
 
     /// 429 after too many failures; the message says when to retry.
     pub fn too_many_attempts(wait: std::time::Duration) -> Self {
+        Self::too_many("failed password or one-time password attempts", wait)
+    }
+
+    /// 429: "Too many WHAT: try again in …", with `Retry-After`.
+    pub fn too_many(what: &str, wait: std::time::Duration) -> Self {
         let secs = wait.as_secs().max(1);
         let when = if secs >= 120 {
             format!("{} minutes", secs.div_ceil(60))
@@ -96,9 +101,7 @@ impl ApiError {
             format!("{secs} seconds")
         };
         ApiError::TooManyAttempts {
-            message: format!(
-                "Too many failed password or one-time password attempts: try again in {when}."
-            ),
+            message: format!("Too many {what}: try again in {when}."),
             retry_after_secs: secs,
         }
     }

@@ -78,10 +78,12 @@ pub struct Shared {
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn Store>, keys: KeyRing) -> Self {
-        let config_upstream = config.upstream.clone();
-        let audit_retention_days = config.audit_retention_days;
+        let upstream = proxy::Upstream::from_config(&config.upstream).map(Arc::new);
         let usage_every = Duration::from_secs(config.last_used_flush_secs);
-        let audit = Arc::new(audit::AuditLog::start(store.clone(), audit_retention_days));
+        let audit = Arc::new(audit::AuditLog::start(
+            store.clone(),
+            config.audit_retention_days,
+        ));
         let usage = token_usage::UsageTracker::start(store.clone(), usage_every);
         let failures = FailureLimiter::new(
             config.auth_failure_limit,
@@ -97,7 +99,7 @@ impl AppState {
                 Duration::from_secs(api::user::WEB_LOGIN_WINDOW_SECS),
             )),
             pool_stats: None,
-            upstream: proxy::Upstream::from_config(&config_upstream).map(Arc::new),
+            upstream,
             audit,
             usage,
         }))

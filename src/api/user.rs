@@ -304,13 +304,7 @@ pub async fn web_login(
     // address may start only so many per window.
     let address = client.to_string();
     if let Err(wait) = state.login_starts.check(&address, client) {
-        let secs = wait.as_secs().max(1);
-        return Err(ApiError::TooManyAttempts {
-            message: format!(
-                "Too many logins started from this address: try again in {secs} seconds."
-            ),
-            retry_after_secs: secs,
-        });
+        return Err(ApiError::too_many("logins started from this address", wait));
     }
     state.login_starts.record_failure(&address, client);
     let body: WebLoginBody = if body.iter().all(u8::is_ascii_whitespace) {
