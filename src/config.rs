@@ -42,6 +42,15 @@ pub struct Config {
     pub password_min_length: usize,
     /// Longest time a request may take before it is answered 503.
     pub request_timeout_secs: u64,
+    /// Longest time a client may take to send a request's headers, and longest a kept-alive
+    /// connection may stay idle; then the connection is closed.
+    pub header_timeout_secs: u64,
+    /// Longest pause allowed while a request body arrives; then the request is answered 408.
+    pub body_timeout_secs: u64,
+    /// Largest request head (request line and headers), in bytes; larger heads are answered 431.
+    pub max_header_bytes: usize,
+    /// Most client connections open at once; further connections are answered 503 and closed.
+    pub max_connections: usize,
     /// `text` (human-readable) or `json`.
     pub log_format: LogFormat,
     /// Server key(s) that encrypt TOTP secrets, base64, current first (newline-separated);
@@ -141,6 +150,10 @@ impl Default for Config {
             max_tokens_per_user: 1000,
             password_min_length: 8,
             request_timeout_secs: 30,
+            header_timeout_secs: 20,
+            body_timeout_secs: 30,
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
             log_format: LogFormat::Text,
             tfa_key: String::new(),
             tfa_key_file: PathBuf::from("tokengate.key"),
@@ -314,6 +327,18 @@ impl Config {
         }
         if self.database_acquire_timeout_secs == 0 || self.request_timeout_secs == 0 {
             return invalid("request_timeout_secs", "timeouts must be at least 1 second");
+        }
+        if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
+            return invalid(
+                "header_timeout_secs",
+                "the header and body timeouts must be at least 1 second",
+            );
+        }
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return invalid("max_header_bytes", "must be between 8192 and 1048576");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
         }
         if self.auth_failure_limit == 0 || self.auth_failure_window_secs == 0 {
             return invalid(

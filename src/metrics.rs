@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus::core::Collector;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -91,6 +93,8 @@ struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     auth: IntCounterVec,
+    open_connections: IntGauge,
+    refused_connections: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -134,11 +138,21 @@ impl Metrics {
         )
         .expect("valid metric");
         info.set(1);
+        let open_connections =
+            IntGauge::new("tokengate_open_connections", "Client connections open now.")
+                .expect("valid metric");
+        let refused_connections = IntCounter::new(
+            "tokengate_refused_connections_total",
+            "Client connections answered 503 and closed because max_connections were open.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn Collector>,
             Box::new(duration.clone()),
             Box::new(auth.clone()),
             Box::new(info),
+            Box::new(open_connections.clone()),
+            Box::new(refused_connections.clone()),
         ] {
             registry
                 .register(collector)
@@ -149,7 +163,30 @@ impl Metrics {
             requests,
             duration,
             auth,
+            open_connections,
+            refused_connections,
         }
+    }
+}
+
+/// Counts one connection refused for being over `max_connections`.
+pub fn connection_refused() {
+    METRICS.refused_connections.inc();
+}
+
+/// Counts a client connection as open for as long as it lives.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    pub fn count() -> OpenConnection {
+        METRICS.open_connections.inc();
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        METRICS.open_connections.dec();
     }
 }
 

@@ -2,24 +2,69 @@
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
-use std::sync::OnceLock;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// At most this many argon2 computations run at once (half the cores, at least one), so a
-/// login storm cannot take every core from the per-request token check.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Nice value of the hashing threads: when the cores are busy, the per-request token check
+/// (at the default 0) wins over password hashing, so a login storm slows logins, not every
+/// other request. With idle cores the hashing runs at full speed.
+const HASHING_NICE: i32 = 10;
+
+/// The hashing pool: half the cores (at least one) of dedicated threads, at a lower scheduling
+/// priority. Jobs beyond them wait in the queue.
+fn hashing_pool() -> &'static std::sync::mpsc::Sender<Job> {
+    static POOL: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (send, receive) = std::sync::mpsc::channel::<Job>();
+        let receive = Arc::new(Mutex::new(receive));
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new((cores / 2).max(1))
+        for n in 0..(cores / 2).max(1) {
+            let receive = receive.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = receive.lock().map(|r| r.recv());
+                        match job {
+                            // A panicking job fails its own request, not the thread.
+                            Ok(Ok(job)) => {
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                            }
+                            _ => return,
+                        }
+                    }
+                })
+                .expect("start a password hashing thread");
+        }
+        send
     })
 }
 
-/// Runs `work` on the blocking pool once a hashing slot is free.
+/// Lowers the calling thread's priority (on Linux, nice values are per thread).
+fn lower_priority() {
+    // SAFETY: setpriority has no memory effects; `who = 0` is the calling thread on Linux.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } != 0;
+    if failed {
+        tracing::debug!("cannot lower the priority of the password hashing thread");
+    }
+}
+
+/// Runs `work` on the hashing pool.
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    let _slot = hashing_slots().acquire().await?;
-    Ok(tokio::task::spawn_blocking(work).await?)
+    let (done, result) = tokio::sync::oneshot::channel();
+    hashing_pool()
+        .send(Box::new(move || {
+            let _ = done.send(work());
+        }))
+        .map_err(|_| anyhow::anyhow!("the password hashing pool has stopped"))?;
+    result
+        .await
+        .map_err(|_| anyhow::anyhow!("password hashing failed"))
 }
 
 /// Hashes a password into a PHC string (argon2id, the crate's OWASP-level defaults).

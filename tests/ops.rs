@@ -876,3 +876,152 @@ fn a_revocation_on_one_replica_reaches_the_others_within_a_second() {
         );
     }
 }
+
+/// Reads from `stream` until the server closes it; `None` when it stays open past `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sink = [0u8; 1024];
+    while started.elapsed() < limit {
+        match stream.read(&mut sink) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn idle_slow_and_greedy_clients_do_not_keep_others_out() {
+    let db = TestDb::new(Backend::Sqlite);
+    add_user(&db, "alice", PW);
+    let dir = tempfile::tempdir().unwrap();
+    let env = image_env(
+        dir.path(),
+        Some(&db.url),
+        &[
+            ("TOKENGATE_HEADER_TIMEOUT_SECS", "3"),
+            ("TOKENGATE_BODY_TIMEOUT_SECS", "1"),
+            ("TOKENGATE_MAX_HEADER_BYTES", "8192"),
+            ("TOKENGATE_MAX_CONNECTIONS", "600"),
+        ],
+    );
+    let server = Proc::start(&Runner::plain(), dir.path(), &env);
+    let addr = server.addr;
+    let session = login(addr, "alice");
+
+    // 500 connections held open: half never send a byte, half send a request head slowly.
+    let opened = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..500)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            if i % 2 == 1 {
+                s.write_all(b"GET /-/whoami HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            s
+        })
+        .collect();
+    let held_since = Instant::now();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let a = http(
+            addr,
+            "GET",
+            "/-/whoami",
+            &[("Authorization", &bearer(&session))],
+            None,
+        );
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.json()["username"], "alice");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    assert!(
+        held_since.elapsed() < Duration::from_secs(3),
+        "the legitimate requests were checked while the idle connections were held"
+    );
+    let m = http(addr, "GET", "/-/metrics", &[], None);
+    let open = sample(&m.text(), "tokengate_open_connections").unwrap();
+    assert!(open >= 500.0, "open connections: {open}");
+
+    // The server closes them once the header timeout has passed.
+    for (i, s) in idle.iter_mut().enumerate().step_by(50) {
+        let closed = closed_within(s, Duration::from_secs(8));
+        assert!(closed.is_some(), "connection {i} still open");
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_secs(3),
+        "closed too early"
+    );
+    drop(idle);
+
+    // A request head larger than max_header_bytes: 431.
+    let big = "x".repeat(9000);
+    let a = http(addr, "GET", "/-/ping", &[("X-Filler", &big)], None);
+    assert_eq!(a.status, 431);
+
+    // A body that stops arriving: 408 with a JSON error, after body_timeout_secs.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /-/npm/v1/tokens HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {session}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"password\":"
+    );
+    let started = Instant::now();
+    s.write_all(head.as_bytes()).unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!(a.status, 408, "{}", a.text());
+    assert!(a.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("stopped arriving"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        !server.log_lines().join("\n").contains(&session),
+        "the log holds the token"
+    );
+}
+
+#[test]
+fn connections_over_the_cap_get_a_json_503_and_the_server_recovers() {
+    let db = TestDb::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let env = image_env(
+        dir.path(),
+        Some(&db.url),
+        &[
+            ("TOKENGATE_HEADER_TIMEOUT_SECS", "2"),
+            ("TOKENGATE_MAX_CONNECTIONS", "5"),
+        ],
+    );
+    let server = Proc::start(&Runner::plain(), dir.path(), &env);
+    let addr = server.addr;
+    let held: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let a = http(addr, "GET", "/-/ping", &[], None);
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(a.header("retry-after"), Some("1"));
+    assert!(a.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("too many open connections"));
+
+    // The held connections time out; then everyone is served again.
+    let until = Instant::now() + Duration::from_secs(6);
+    loop {
+        let a = http(addr, "GET", "/-/ping", &[], None);
+        if a.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < until, "still refused: {}", a.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
+    let m = http(addr, "GET", "/-/metrics", &[], None);
+    assert!(sample(&m.text(), "tokengate_refused_connections_total").unwrap() >= 1.0);
+}

@@ -26,12 +26,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::PayloadTooLarge(
                     "The request body is larger than this server accepts.".into(),
                 )
+            } else if body_timed_out(&e) {
+                ApiError::RequestTimeout(
+                    "The request body stopped arriving; send it again without pausing.".into(),
+                )
             } else {
                 ApiError::bad_request("The request body could not be read.")
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Whether reading a body failed because the client paused longer than `body_timeout_secs`.
+fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
