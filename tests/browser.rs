@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{add_user, Backend, Server, TestDb, BACKENDS};
+use common::{add_user, leaks, Backend, Server, TestDb, BACKENDS};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -100,7 +100,18 @@ fn run_scenario(backend: Backend) -> tempfile::TempDir {
         "{backend:?}: the browser scenario failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log\n{}",
         server.log_text()
     );
-    // No secret in the server's log: passwords, the whole tokens npm printed, cookies.
+    // No secret in any log of the suite: the scenario's tokens, session cookies, TOTP secret
+    // and codes, recovery codes, and the password.
+    leaks::secret(PASSWORD);
+    for line in stdout.lines() {
+        match line.strip_prefix("USED ").and_then(|l| l.split_once(' ')) {
+            Some(("totp", secret)) => leaks::totp_secret(secret),
+            Some((_, secret)) => leaks::secret(secret),
+            None => {}
+        }
+    }
+    assert!(stdout.contains("USED totp "), "{stdout}");
+    leaks::assert_none();
     let log = server.log_text();
     assert!(log.contains("signed in on the web"), "{log}");
     for secret in [

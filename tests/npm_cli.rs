@@ -10,7 +10,7 @@ mod common;
 #[path = "npm_cli/gate.rs"]
 mod gate;
 
-use common::{Backend, Server, TestDb, BACKENDS};
+use common::{leaks, Backend, Server, TestDb, BACKENDS};
 use serde_json::{json, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -216,7 +216,10 @@ impl Ctx {
             registry,
             nerf,
             userconfig,
-            secrets: vec![PASSWORD.to_owned()],
+            secrets: {
+                leaks::secret(PASSWORD);
+                vec![PASSWORD.to_owned()]
+            },
             started,
             label: format!("{label} on {backend:?}"),
             tfa_secret: None,
@@ -225,6 +228,7 @@ impl Ctx {
     }
 
     fn remember(&mut self, secret: &str) {
+        leaks::secret(secret);
         self.secrets.push(secret.to_owned());
     }
 
@@ -291,6 +295,7 @@ impl Ctx {
 
     fn done(self) {
         self.assert_log_clean();
+        leaks::assert_none();
         eprintln!(
             "{}: passed in {:.1}s",
             self.label,
@@ -1154,6 +1159,7 @@ fn enable_2fa(ctx: &mut Ctx, config: &Path, mode: &str) -> (String, Vec<String>)
         .collect();
     assert_eq!(recovery.len(), 10, "{out}");
     ctx.remember(&secret);
+    leaks::totp_secret(&secret);
     for code in &recovery {
         ctx.remember(code);
     }
@@ -1239,6 +1245,24 @@ fn two_factor(backend: Backend) {
     created_token(&mut ctx, &out);
 
     ctx.done();
+}
+
+#[test]
+fn the_log_check_finds_tokens_their_bodies_and_whole_codes() {
+    let secrets = vec!["npm_AbCdEf0123456789AbCdEf0123456789ab".to_owned()];
+    let codes = vec!["123456".to_owned()];
+    let found = |line: &str| leaks::leak_in(line, &secrets, &codes).map(str::to_owned);
+    assert_eq!(
+        found("auth=npm_AbCdEf0123456789AbCdEf0123456789ab"),
+        Some(secrets[0].clone())
+    );
+    assert_eq!(
+        found("token AbCdEf0123456789AbCdEf0123456789ab"),
+        Some(secrets[0].clone())
+    );
+    assert_eq!(found("npm-otp: 123456"), Some(codes[0].clone()));
+    assert_eq!(found("2026-11-26T03:45:53.123456Z request ms=1"), None);
+    assert_eq!(found("request id=0123456-aa key_id=9123456f"), None);
 }
 
 #[test]

@@ -28,6 +28,11 @@ function log(...args) {
   console.log('[scenario]', ...args);
 }
 
+// Tells the Rust side a secret the scenario used, for its check that no log holds one.
+function used(kind, value) {
+  console.log('USED', kind, value);
+}
+
 // npm with a .npmrc of its own; returns {code, stdout, stderr}.
 function npm(args, npmrc) {
   try {
@@ -86,6 +91,7 @@ async function generate(page, kind, fill) {
   if (kind === 'granular') await shot(page, 'generate-token');
   await page.click('button:has-text("Generate Token")');
   const token = await page.inputValue('#new-token');
+  used('secret', token);
   check(/^npm_[A-Za-z0-9]{36}$/.test(token), `a ${kind} token is shown: ${token}`);
   check((await page.content()).includes('will not be shown again'), 'the once-only warning');
   check(await page.isVisible('button[data-copy="new-token"]'), 'the copy button');
@@ -201,6 +207,9 @@ async function generate(page, kind, fill) {
   check(code === 0, `npm login finished: ${code} ${out} ${err}`);
   const who = npm(['whoami'], loginRc);
   check(who.code === 0 && who.stdout.trim() === USER, 'npm whoami after web login: ' + JSON.stringify(who));
+  const session = (fs.readFileSync(loginRc, 'utf8').match(/_authToken=(\S+)/) || [])[1];
+  check(session, 'npm login saved a token');
+  used('secret', session);
   // The link is used up.
   await other.goto(loginUrl);
   check((await other.content()).includes('confirmed or cancelled already'), 'the login link works once');
@@ -215,6 +224,7 @@ async function generate(page, kind, fill) {
   await page.waitForURL('**/-/web/tfa');
   const secret = await page.inputValue('#tfa-secret');
   check(/^[A-Z2-7]{32}$/.test(secret), 'the secret as text: ' + secret);
+  used('totp', secret);
   check(await page.isVisible('.qr svg'), 'the QR code');
   await shot(page, 'two-factor-setup');
   const step = Math.floor(Date.now() / 1000 / 30);
@@ -222,6 +232,7 @@ async function generate(page, kind, fill) {
   await page.click('button:has-text("Confirm and enable")');
   const codes = (await page.inputValue('#recovery-codes')).split('\n');
   check(codes.length === 10 && codes.every((c) => /^[0-9a-f]{64}$/.test(c)), 'ten recovery codes: ' + codes);
+  codes.forEach((c) => used('secret', c));
   check((await page.content()).includes('will not be shown again'), 'the recovery codes warning');
   await shot(page, 'recovery-codes');
   await page.goto(BASE + '/-/web/tfa');
@@ -250,6 +261,7 @@ async function generate(page, kind, fill) {
   await shot(page, 'password');
 
   check(violations.length === 0, 'no CSP violations: ' + violations.join('\n'));
+  for (const c of await page.context().cookies()) used('secret', c.value);
   await browser.close();
   console.log('SCENARIO OK');
 })().catch((e) => {

@@ -186,6 +186,7 @@ impl Server {
         let addr = rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("tokengate did not start: {:?}", log.lock().unwrap()));
+        leaks::log(&format!("tokengate on {addr}"), log.clone());
         Server {
             base: format!("http://{addr}"),
             child,
@@ -204,5 +205,112 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The suite-wide secret check: every secret a test used (tokens, passwords, recovery codes,
+/// TOTP secrets and the codes they produced) against every log line written by every process
+/// the tests in this binary started, whichever test started it. Each scenario calls
+/// [`leaks::assert_none`] when it ends, so the scenario that ends last checks the whole suite.
+pub mod leaks {
+    use std::sync::{Arc, Mutex};
+
+    type Lines = Arc<Mutex<Vec<String>>>;
+
+    struct Registry {
+        secrets: Vec<String>,
+        /// Base32 TOTP secrets with the Unix time from which their codes may have been used.
+        totp: Vec<(String, i64)>,
+        logs: Vec<(String, Lines)>,
+    }
+
+    static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+        secrets: Vec::new(),
+        totp: Vec::new(),
+        logs: Vec::new(),
+    });
+
+    /// A token, password or recovery code no log may contain.
+    pub fn secret(s: &str) {
+        let mut r = REGISTRY.lock().unwrap();
+        if !s.is_empty() && !r.secrets.iter().any(|k| k == s) {
+            r.secrets.push(s.to_owned());
+        }
+    }
+
+    /// A TOTP secret: neither it nor any code it produced from now on may be logged.
+    pub fn totp_secret(base32: &str) {
+        secret(base32);
+        let since = chrono::Utc::now().timestamp() - 60;
+        REGISTRY
+            .lock()
+            .unwrap()
+            .totp
+            .push((base32.to_owned(), since));
+    }
+
+    /// Log lines a process writes (kept after the process ends).
+    pub fn log(label: &str, lines: Lines) {
+        REGISTRY
+            .lock()
+            .unwrap()
+            .logs
+            .push((label.to_owned(), lines));
+    }
+
+    /// A finished process's whole log.
+    pub fn log_text(label: &str, text: &str) {
+        log(
+            label,
+            Arc::new(Mutex::new(text.lines().map(str::to_owned).collect())),
+        );
+    }
+
+    /// How many log lines were collected so far.
+    pub fn lines_collected() -> usize {
+        let r = REGISTRY.lock().unwrap();
+        r.logs.iter().map(|(_, l)| l.lock().unwrap().len()).sum()
+    }
+
+    /// Panics naming the log and the secret when any collected line holds any secret.
+    pub fn assert_none() {
+        let r = REGISTRY.lock().unwrap();
+        assert!(
+            r.logs.iter().any(|(_, l)| !l.lock().unwrap().is_empty()),
+            "no log lines were collected"
+        );
+        let now = chrono::Utc::now().timestamp();
+        let mut codes = Vec::new();
+        for (base32, since) in &r.totp {
+            let raw = totp_rs::Secret::Encoded(base32.clone())
+                .to_bytes()
+                .expect("a base32 TOTP secret");
+            let first = tokengate::totp::step_of(*since);
+            for step in first..=tokengate::totp::step_of(now) + 2 {
+                codes.push(tokengate::totp::code_at_step(&raw, step));
+            }
+        }
+        for (label, lines) in &r.logs {
+            for line in lines.lock().unwrap().iter() {
+                if let Some(found) = leak_in(line, &r.secrets, &codes) {
+                    panic!("the log of {label} holds the secret {found}: {line}");
+                }
+            }
+        }
+    }
+
+    /// The first secret or one-time password `line` holds. Codes are short numbers: they count
+    /// only as a whole word, so timestamps and ids that happen to contain the digits do not.
+    pub fn leak_in<'a>(line: &str, secrets: &'a [String], codes: &'a [String]) -> Option<&'a str> {
+        // A token with its prefix cut off is just as usable.
+        let leaked = secrets
+            .iter()
+            .find(|s| line.contains(s.strip_prefix("npm_").unwrap_or(s)));
+        leaked
+            .or_else(|| {
+                line.split(|c: char| !c.is_ascii_alphanumeric())
+                    .find_map(|word| codes.iter().find(|c| *c == word))
+            })
+            .map(String::as_str)
     }
 }
