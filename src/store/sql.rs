@@ -294,23 +294,55 @@ fn map_err(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict("already exists".into())
         }
-        sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
-            StoreError::Unavailable(db.to_string())
+        sqlx::Error::Database(db) => {
+            let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            match classify_code(sqlite, db.code().as_deref().unwrap_or_default()) {
+                Fault::CannotWrite(problem) => StoreError::CannotWrite(problem, db.to_string()),
+                Fault::Unavailable => StoreError::Unavailable(db.to_string()),
+                Fault::Other => StoreError::Other(sqlx::Error::Database(db).into()),
+            }
         }
         other => StoreError::Other(other.into()),
     }
 }
 
-/// SQLite busy/locked/read-only/disk-full and PostgreSQL shutdown/connection classes.
-fn is_unavailable_code(code: Option<&str>) -> bool {
+/// What a database error code means for the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Fault {
+    CannotWrite(WriteProblem),
+    Unavailable,
+    Other,
+}
+
+/// Classifies SQLite result codes (extended codes: the primary code is the low byte) and
+/// PostgreSQL SQLSTATEs.
+fn classify_code(sqlite: bool, code: &str) -> Fault {
+    if sqlite {
+        return match code.parse::<i32>().map(|c| c & 0xff) {
+            // SQLITE_FULL
+            Ok(13) => Fault::CannotWrite(WriteProblem::DiskFull),
+            // SQLITE_READONLY
+            Ok(8) => Fault::CannotWrite(WriteProblem::ReadOnly),
+            // SQLITE_IOERR (EFBIG over a file size limit lands here too)
+            Ok(10) => Fault::CannotWrite(WriteProblem::Io),
+            // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CANTOPEN
+            Ok(5 | 6 | 14) => Fault::Unavailable,
+            _ => Fault::Other,
+        };
+    }
     match code {
-        Some(c) => {
-            matches!(c, "5" | "6" | "8" | "10" | "13" | "517" | "261" | "1032")
-                || c.starts_with("08")
-                || c.starts_with("57P")
-                || c == "53300"
+        // disk_full
+        "53100" => Fault::CannotWrite(WriteProblem::DiskFull),
+        // read_only_sql_transaction: a standby, or default_transaction_read_only
+        "25006" => Fault::CannotWrite(WriteProblem::ReadOnly),
+        // io_error
+        "58030" => Fault::CannotWrite(WriteProblem::Io),
+        // connection exceptions, operator intervention (shutdown, starting up), insufficient
+        // resources (too many connections, out of memory)
+        c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+            Fault::Unavailable
         }
-        None => false,
+        _ => Fault::Other,
     }
 }
 
@@ -945,5 +977,40 @@ impl Store for SqlStore {
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_faults_are_told_apart_by_code() {
+        use WriteProblem::*;
+        for (sqlite, code, fault) in [
+            (true, "13", Fault::CannotWrite(DiskFull)),
+            (true, "8", Fault::CannotWrite(ReadOnly)),
+            // SQLITE_READONLY_DBMOVED, SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC
+            (true, "1032", Fault::CannotWrite(ReadOnly)),
+            (true, "778", Fault::CannotWrite(Io)),
+            (true, "1034", Fault::CannotWrite(Io)),
+            (true, "5", Fault::Unavailable),
+            (true, "517", Fault::Unavailable),
+            (true, "262", Fault::Unavailable),
+            (true, "1", Fault::Other),
+            (true, "19", Fault::Other),
+            (false, "53100", Fault::CannotWrite(DiskFull)),
+            (false, "25006", Fault::CannotWrite(ReadOnly)),
+            (false, "58030", Fault::CannotWrite(Io)),
+            (false, "08006", Fault::Unavailable),
+            (false, "57P01", Fault::Unavailable),
+            (false, "57P03", Fault::Unavailable),
+            (false, "53300", Fault::Unavailable),
+            (false, "42601", Fault::Other),
+            // A PostgreSQL code that happens to be digits is not read as SQLite's.
+            (false, "13", Fault::Other),
+        ] {
+            assert_eq!(classify_code(sqlite, code), fault, "{sqlite} {code}");
+        }
     }
 }
