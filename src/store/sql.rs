@@ -255,21 +255,52 @@ impl SqlStore {
     }
 }
 
+/// How long the LISTEN connection waits before connecting again after losing its connection.
+const LISTEN_RETRY: Duration = Duration::from_millis(250);
+
 /// Wakes the change poller on PostgreSQL NOTIFY; reconnects after errors. Polling goes on
 /// regardless, so this only makes propagation faster.
 async fn listen_for_changes(url: &str, wake: &tokio::sync::Notify) {
+    // A pool of its own, through which the listener also reconnects, with a short acquire
+    // timeout: with sqlx's default (30 s of growing back-off between attempts) the listener
+    // came back only seconds after the database did.
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy(url)
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::warn!(error = %e, "no LISTEN connection; polling only");
+            return;
+        }
+    };
+    let mut lost = false;
     loop {
-        match sqlx::postgres::PgListener::connect(url).await {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen("tokengate_changes").await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listening.await {
             Ok(mut listener) => {
-                if listener.listen("tokengate_changes").await.is_ok() {
-                    while listener.recv().await.is_ok() {
-                        wake.notify_one();
-                    }
+                if std::mem::take(&mut lost) {
+                    tracing::info!("LISTEN connection back");
                 }
+                // Events written while it was away are read now, not at the next poll.
+                wake.notify_one();
+                let e = loop {
+                    match listener.recv().await {
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => break e,
+                    }
+                };
+                tracing::warn!(error = %e, "LISTEN connection lost; polling only until it is back");
+                lost = true;
             }
             Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling only"),
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(LISTEN_RETRY).await;
     }
 }
 
