@@ -164,6 +164,7 @@ impl SqlStore {
             let mut last = last;
             let mut seen = std::collections::HashMap::new();
             let mut since_prune = 0u32;
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(settings.poll) => {}
@@ -171,8 +172,18 @@ impl SqlStore {
                 }
                 let Some(store) = weak.upgrade() else { return };
                 match store.apply_changes(last, &mut seen).await {
-                    Ok(seq) => last = seq,
-                    Err(e) => tracing::warn!(error = %e, "polling change events failed"),
+                    Ok(seq) => {
+                        last = seq;
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("change events readable again");
+                        }
+                    }
+                    // Once per outage, not at every poll: the requests' own errors tell the rest.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "polling change events failed; retrying");
+                    }
+                    Err(_) => {}
                 }
                 since_prune += 1;
                 if since_prune >= 20_000 {
