@@ -2,7 +2,7 @@
 //! user agent. Recording never blocks or fails the request it describes: events go through a
 //! bounded channel to a writer task that stores them in batches (and prunes old ones).
 
-use crate::store::{AuditRecord, Store};
+use crate::store::{AuditRecord, Store, StoreError};
 use crate::token::TokenKey;
 use chrono::{Duration as Days, Utc};
 use serde_json::Value;
@@ -185,12 +185,42 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Message>, retentio
             }
         }
         if !batch.is_empty() {
-            if let Err(e) = store.insert_audit(&batch).await {
-                tracing::warn!(error = %e, events = batch.len(), "audit events not stored");
-            }
+            store_batch(&*store, &batch).await;
         }
         for done in waiting {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Waits between attempts to store a batch while the database is unavailable; then the batch
+/// is dropped (with a warning) so the queue does not stall for good.
+const RETRY_WAITS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// Stores a batch, retrying while the database is unavailable (new events wait in the queue
+/// meanwhile).
+async fn store_batch(store: &dyn Store, batch: &[AuditRecord]) {
+    let mut waits = RETRY_WAITS.iter();
+    loop {
+        let e = match store.insert_audit(batch).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        let retry = matches!(e, StoreError::Unavailable(_) | StoreError::CannotWrite(..));
+        match waits.next().filter(|_| retry) {
+            Some(wait) => {
+                tracing::warn!(error = %e, events = batch.len(), "audit events not stored yet; retrying in {}s", wait.as_secs());
+                tokio::time::sleep(*wait).await;
+            }
+            None => {
+                tracing::warn!(error = %e, events = batch.len(), "audit events not stored");
+                return;
+            }
         }
     }
 }

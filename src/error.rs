@@ -130,11 +130,37 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
+        use crate::store::{StoreError, WriteProblem};
         match e {
-            StoreError::Unavailable(_) => ApiError::Unavailable(
-                "The token database is unavailable; try again shortly.".into(),
-            ),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                ApiError::Unavailable(
+                    "The token database is unavailable; try again shortly.".into(),
+                )
+            }
+            StoreError::CannotWrite(problem, detail) => {
+                tracing::error!(error = %detail, %problem, "the database cannot store changes");
+                ApiError::Unavailable(
+                    match problem {
+                        WriteProblem::DiskFull => {
+                            "The token database is full: nothing can be changed (no new tokens \
+                             or logins) until an administrator frees disk space. Existing \
+                             tokens keep working."
+                        }
+                        WriteProblem::ReadOnly => {
+                            "The token database is read-only: nothing can be changed (no new \
+                             tokens or logins) until an administrator makes the database \
+                             writable by the server. Existing tokens keep working."
+                        }
+                        WriteProblem::Io => {
+                            "The token database could not write its file (an I/O error: a full \
+                             or failing disk?): an administrator should check the disk and the \
+                             server log. Try again later."
+                        }
+                    }
+                    .into(),
+                )
+            }
             StoreError::Conflict(what) => ApiError::Conflict(what),
             StoreError::NotFound => ApiError::not_found("Not found."),
             StoreError::Other(e) => ApiError::Internal(e),

@@ -67,7 +67,15 @@ impl UsageTracker {
                 .collect()
         };
         if let Err(e) = self.store.record_token_uses(&batch).await {
-            tracing::warn!(error = %e, tokens = batch.len(), "last-used times not stored");
+            // Kept for the next flush (unless a newer use came in meanwhile), so a database
+            // outage delays these times instead of losing them.
+            tracing::warn!(error = %e, tokens = batch.len(), "last-used times not stored yet; retried at the next flush");
+            let mut pending = self.pending.lock().expect("usage lock");
+            for u in batch {
+                if let Ok(client) = u.client.parse() {
+                    pending.entry(u.key).or_insert((u.at, client));
+                }
+            }
         }
     }
 }

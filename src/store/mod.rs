@@ -18,6 +18,10 @@ pub enum StoreError {
     /// The database cannot be reached or did not answer in time: the request gets a 503.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database answers but cannot store changes (the detail says how it failed); reads
+    /// still work. The request gets a 503 that names the cause.
+    #[error("database cannot store changes ({0}): {1}")]
+    CannotWrite(WriteProblem, String),
     /// A unique value already exists (e.g. a user name).
     #[error("{0}")]
     Conflict(String),
@@ -28,6 +32,27 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why the database cannot store changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteProblem {
+    /// The disk (or file system, or quota) is full.
+    DiskFull,
+    /// The database file or its directory is read-only, or the server is a read-only replica.
+    ReadOnly,
+    /// Writing the file failed otherwise (a failing disk, a file size limit).
+    Io,
+}
+
+impl std::fmt::Display for WriteProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteProblem::DiskFull => "disk full",
+            WriteProblem::ReadOnly => "read-only",
+            WriteProblem::Io => "I/O error",
+        })
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct User {

@@ -164,6 +164,7 @@ impl SqlStore {
             let mut last = last;
             let mut seen = std::collections::HashMap::new();
             let mut since_prune = 0u32;
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(settings.poll) => {}
@@ -171,8 +172,18 @@ impl SqlStore {
                 }
                 let Some(store) = weak.upgrade() else { return };
                 match store.apply_changes(last, &mut seen).await {
-                    Ok(seq) => last = seq,
-                    Err(e) => tracing::warn!(error = %e, "polling change events failed"),
+                    Ok(seq) => {
+                        last = seq;
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("change events readable again");
+                        }
+                    }
+                    // Once per outage, not at every poll: the requests' own errors tell the rest.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "polling change events failed; retrying");
+                    }
+                    Err(_) => {}
                 }
                 since_prune += 1;
                 if since_prune >= 20_000 {
@@ -255,21 +266,52 @@ impl SqlStore {
     }
 }
 
+/// How long the LISTEN connection waits before connecting again after losing its connection.
+const LISTEN_RETRY: Duration = Duration::from_millis(250);
+
 /// Wakes the change poller on PostgreSQL NOTIFY; reconnects after errors. Polling goes on
 /// regardless, so this only makes propagation faster.
 async fn listen_for_changes(url: &str, wake: &tokio::sync::Notify) {
+    // A pool of its own, through which the listener also reconnects, with a short acquire
+    // timeout: with sqlx's default (30 s of growing back-off between attempts) the listener
+    // came back only seconds after the database did.
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy(url)
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::warn!(error = %e, "no LISTEN connection; polling only");
+            return;
+        }
+    };
+    let mut lost = false;
     loop {
-        match sqlx::postgres::PgListener::connect(url).await {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen("tokengate_changes").await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listening.await {
             Ok(mut listener) => {
-                if listener.listen("tokengate_changes").await.is_ok() {
-                    while listener.recv().await.is_ok() {
-                        wake.notify_one();
-                    }
+                if std::mem::take(&mut lost) {
+                    tracing::info!("LISTEN connection back");
                 }
+                // Events written while it was away are read now, not at the next poll.
+                wake.notify_one();
+                let e = loop {
+                    match listener.recv().await {
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => break e,
+                    }
+                };
+                tracing::warn!(error = %e, "LISTEN connection lost; polling only until it is back");
+                lost = true;
             }
             Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling only"),
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(LISTEN_RETRY).await;
     }
 }
 
@@ -294,23 +336,55 @@ fn map_err(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict("already exists".into())
         }
-        sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
-            StoreError::Unavailable(db.to_string())
+        sqlx::Error::Database(db) => {
+            let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            match classify_code(sqlite, db.code().as_deref().unwrap_or_default()) {
+                Fault::CannotWrite(problem) => StoreError::CannotWrite(problem, db.to_string()),
+                Fault::Unavailable => StoreError::Unavailable(db.to_string()),
+                Fault::Other => StoreError::Other(sqlx::Error::Database(db).into()),
+            }
         }
         other => StoreError::Other(other.into()),
     }
 }
 
-/// SQLite busy/locked/read-only/disk-full and PostgreSQL shutdown/connection classes.
-fn is_unavailable_code(code: Option<&str>) -> bool {
+/// What a database error code means for the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Fault {
+    CannotWrite(WriteProblem),
+    Unavailable,
+    Other,
+}
+
+/// Classifies SQLite result codes (extended codes: the primary code is the low byte) and
+/// PostgreSQL SQLSTATEs.
+fn classify_code(sqlite: bool, code: &str) -> Fault {
+    if sqlite {
+        return match code.parse::<i32>().map(|c| c & 0xff) {
+            // SQLITE_FULL
+            Ok(13) => Fault::CannotWrite(WriteProblem::DiskFull),
+            // SQLITE_READONLY
+            Ok(8) => Fault::CannotWrite(WriteProblem::ReadOnly),
+            // SQLITE_IOERR (EFBIG over a file size limit lands here too)
+            Ok(10) => Fault::CannotWrite(WriteProblem::Io),
+            // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CANTOPEN
+            Ok(5 | 6 | 14) => Fault::Unavailable,
+            _ => Fault::Other,
+        };
+    }
     match code {
-        Some(c) => {
-            matches!(c, "5" | "6" | "8" | "10" | "13" | "517" | "261" | "1032")
-                || c.starts_with("08")
-                || c.starts_with("57P")
-                || c == "53300"
+        // disk_full
+        "53100" => Fault::CannotWrite(WriteProblem::DiskFull),
+        // read_only_sql_transaction: a standby, or default_transaction_read_only
+        "25006" => Fault::CannotWrite(WriteProblem::ReadOnly),
+        // io_error
+        "58030" => Fault::CannotWrite(WriteProblem::Io),
+        // connection exceptions, operator intervention (shutdown, starting up), insufficient
+        // resources (too many connections, out of memory)
+        c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+            Fault::Unavailable
         }
-        None => false,
+        _ => Fault::Other,
     }
 }
 
@@ -945,5 +1019,40 @@ impl Store for SqlStore {
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_faults_are_told_apart_by_code() {
+        use WriteProblem::*;
+        for (sqlite, code, fault) in [
+            (true, "13", Fault::CannotWrite(DiskFull)),
+            (true, "8", Fault::CannotWrite(ReadOnly)),
+            // SQLITE_READONLY_DBMOVED, SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC
+            (true, "1032", Fault::CannotWrite(ReadOnly)),
+            (true, "778", Fault::CannotWrite(Io)),
+            (true, "1034", Fault::CannotWrite(Io)),
+            (true, "5", Fault::Unavailable),
+            (true, "517", Fault::Unavailable),
+            (true, "262", Fault::Unavailable),
+            (true, "1", Fault::Other),
+            (true, "19", Fault::Other),
+            (false, "53100", Fault::CannotWrite(DiskFull)),
+            (false, "25006", Fault::CannotWrite(ReadOnly)),
+            (false, "58030", Fault::CannotWrite(Io)),
+            (false, "08006", Fault::Unavailable),
+            (false, "57P01", Fault::Unavailable),
+            (false, "57P03", Fault::Unavailable),
+            (false, "53300", Fault::Unavailable),
+            (false, "42601", Fault::Other),
+            // A PostgreSQL code that happens to be digits is not read as SQLite's.
+            (false, "13", Fault::Other),
+        ] {
+            assert_eq!(classify_code(sqlite, code), fault, "{sqlite} {code}");
+        }
     }
 }
