@@ -2141,3 +2141,21 @@ async fn old_audit_events_are_pruned() {
         assert!(left[0].at > left[1].at, "newest first");
     }
 }
+
+#[tokio::test]
+async fn web_login_start_refuses_large_bodies_as_json_and_takes_null() {
+    let h = harness(Backend::Sqlite, |c| c.max_body_bytes = 1024).await;
+    // Was axum's plain-text 413, which npm cannot show and the description does not allow.
+    let big = json!({ "create": false, "pad": "x".repeat(2048) });
+    let a = h.call(Method::POST, "/-/v1/login", None, Some(big)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.body);
+    assert!(a.error().contains("larger than"), "{}", a.body);
+    let a = h
+        .call(Method::POST, "/-/v1/login", None, Some(Value::Null))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body["doneUrl"]
+        .as_str()
+        .unwrap()
+        .contains("/-/v1/done?session="));
+}

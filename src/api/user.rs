@@ -1,6 +1,6 @@
 //! Login and adduser (npm's couch flow), logout, whoami and ping.
 
-use super::{JsonBody, PathParam};
+use super::{BodyBytes, JsonBody, PathParam};
 use crate::api::tokens::issue_session;
 use crate::audit::Event;
 use crate::auth::{ClientAddr, MaybePrincipal, Principal};
@@ -298,7 +298,7 @@ pub async fn web_login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
     // Anyone may start a login, and each one is a database row for ten minutes: a client
     // address may start only so many per window.
@@ -307,10 +307,11 @@ pub async fn web_login(
         return Err(ApiError::too_many("logins started from this address", wait));
     }
     state.login_starts.record_failure(&address, client);
+    // An empty body and `null` are `{}`.
     let body: WebLoginBody = if body.iter().all(u8::is_ascii_whitespace) {
         WebLoginBody::default()
     } else {
-        super::parse_json(&body)?
+        super::parse_json::<Option<WebLoginBody>>(&body)?.unwrap_or_default()
     };
     let started = crate::web::npm_login::start(&state, &headers, body.create).await?;
     Ok(Json(json!({
