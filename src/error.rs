@@ -4,7 +4,13 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+/// The body of every error answer: npm prints `error`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub error: String,
+}
 
 /// Which challenge a 401 carries. npm compares each comma-separated element whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +189,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
         if let ApiError::Unauthorized {
             challenge: Some(c), ..
         } = &self

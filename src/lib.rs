@@ -12,6 +12,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod names;
 pub mod observe;
+pub mod openapi;
 pub mod password;
 pub mod policy;
 pub mod probe;
@@ -127,6 +128,7 @@ pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     let router = Router::new()
         .route("/-/ping", get(api::user::ping))
+        .route("/-/openapi.json", get(openapi::document))
         .route("/-/health/live", get(api::user::live))
         .route("/-/health/ready", get(api::user::ready))
         .route("/-/whoami", get(api::user::whoami))

@@ -29,7 +29,7 @@ pub enum Access {
 pub fn requirement(op: Operation) -> Requirement {
     use Operation::*;
     match op {
-        Ping | Login | WebLogin | Web | Verify => Requirement::Public,
+        Ping | ApiDescription | Login | WebLogin | Web | Verify => Requirement::Public,
         Logout => Requirement::Lenient,
         Whoami | TokenList | ProfileRead => Requirement::Authenticated(Access::Read),
         TokenCreate | TokenRevoke => Requirement::Authenticated(Access::ManageTokens),
@@ -423,6 +423,8 @@ mod tests {
             Requirement::Authenticated(Access::Write)
         );
         assert_eq!(requirement(Operation::Verify), Requirement::Public);
+        assert_eq!(requirement(Operation::ApiDescription), Requirement::Public);
+        assert!(!Operation::ApiDescription.is_registry());
         // The pages authenticate by session cookie themselves.
         assert_eq!(requirement(Operation::Web), Requirement::Public);
         assert!(!Operation::Web.is_registry());

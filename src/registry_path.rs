@@ -9,6 +9,8 @@ use percent_encoding::percent_decode_str;
 pub enum Operation {
     /// `GET /-/ping`, `/-/health/live`, `/-/health/ready`: no credentials needed.
     Ping,
+    /// `GET /-/openapi.json`: the description of the JSON endpoints; no credentials needed.
+    ApiDescription,
     /// `PUT /-/user/org.couchdb.user:NAME` (also `/-rev/REV`): login or adduser.
     Login,
     /// `POST /-/v1/login` and its polls: npm's web login.
@@ -163,6 +165,7 @@ fn tokengate_or_registry_route(method: &Method, raw: &[&str], read: bool) -> Rou
     let op = match (method, raw) {
         (&Method::GET, ["-", "ping"]) => Ping,
         (&Method::GET, ["-", "health", "live" | "ready"]) => Ping,
+        (&Method::GET, ["-", "openapi.json"]) => ApiDescription,
         (_, ["-", "auth", "verify"]) => Verify,
         (&Method::GET, ["-", "whoami"]) => Whoami,
         (&Method::PUT, ["-", "user", user, ..]) if is_couch_user(user) => Login,
@@ -282,6 +285,8 @@ mod tests {
         let cases = [
             ("GET", "/-/ping", Operation::Ping),
             ("GET", "/-/health/ready", Operation::Ping),
+            ("GET", "/-/openapi.json", Operation::ApiDescription),
+            ("PUT", "/-/openapi.json", Operation::Other { read: false }),
             ("GET", "/-/whoami", Operation::Whoami),
             ("PUT", "/-/user/org.couchdb.user:alice", Operation::Login),
             ("PUT", "/-/user/org.couchdb.user%3Aalice", Operation::Login),

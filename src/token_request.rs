@@ -17,9 +17,10 @@ const MAX_NAME_LEN: usize = 128;
 const MAX_DESCRIPTION_LEN: usize = 1024;
 
 /// The request body. No `Debug`: it holds the password.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenBody {
+    /// The account password: required, checked every time.
     pub password: Option<String>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -28,6 +29,8 @@ pub struct CreateTokenBody {
     pub automation: Option<bool>,
     pub cidr_whitelist: Option<Vec<String>>,
     pub cidr: Option<Vec<String>>,
+    /// Whole days (a number or a string of digits), or an ISO 8601 time.
+    #[schema(schema_with = expires_schema)]
     pub expires: Option<serde_json::Value>,
     pub packages: Option<Vec<String>>,
     pub packages_all: Option<bool>,
@@ -36,6 +39,22 @@ pub struct CreateTokenBody {
     pub packages_and_scopes_permission: Option<String>,
     pub orgs_permission: Option<String>,
     pub bypass_2fa: Option<bool>,
+}
+
+/// `expires` as the description shows it: days, or a time, or `null`.
+fn expires_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
 }
 
 /// Expiry limits from the configuration.

@@ -2141,3 +2141,59 @@ async fn old_audit_events_are_pruned() {
         assert!(left[0].at > left[1].at, "newest first");
     }
 }
+
+#[tokio::test]
+async fn openapi_description_is_public_and_names_only_real_routes() {
+    let h = harness(Backend::Sqlite, |_| {}).await;
+    let token = h.login("alice").await;
+    let a = h.call(Method::GET, "/-/openapi.json", None, None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.body["openapi"], "3.1.0");
+    let paths = a.body["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/-/openapi.json"));
+    // Every documented operation reaches a handler: neither the fallback's 404 nor a 405.
+    let mut operations = 0;
+    for (template, item) in paths {
+        let path = template
+            .replace("{id}", "org.couchdb.user:nobody")
+            .replace("{rev}", "1-a")
+            .replace("{token}", "npm_unknown")
+            .replace("{key}", "npm_unknown");
+        for method in ["get", "put", "post", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            operations += 1;
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let a = h.call(m, &path, Some(&token), Some(json!({}))).await;
+            assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            if a.status == StatusCode::NOT_FOUND {
+                assert!(
+                    !a.error().contains("no such endpoint"),
+                    "{method} {path}: {}",
+                    a.body
+                );
+            }
+        }
+    }
+    assert!(operations >= 17, "{operations}");
+}
+
+#[tokio::test]
+async fn web_login_start_refuses_large_bodies_as_json_and_takes_null() {
+    let h = harness(Backend::Sqlite, |c| c.max_body_bytes = 1024).await;
+    // Was axum's plain-text 413, which npm cannot show and the description does not allow.
+    let big = json!({ "create": false, "pad": "x".repeat(2048) });
+    let a = h.call(Method::POST, "/-/v1/login", None, Some(big)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.body);
+    assert!(a.error().contains("larger than"), "{}", a.body);
+    let a = h
+        .call(Method::POST, "/-/v1/login", None, Some(Value::Null))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body["doneUrl"]
+        .as_str()
+        .unwrap()
+        .contains("/-/v1/done?session="));
+}

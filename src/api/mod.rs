@@ -21,20 +21,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(
-                    "The request body is larger than this server accepts.".into(),
-                )
-            } else if body_timed_out(&e) {
-                ApiError::RequestTimeout(
-                    "The request body stopped arriving; send it again without pausing.".into(),
-                )
-            } else {
-                ApiError::bad_request("The request body could not be read.")
-            }
-        })?;
+        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A request body as bytes. Too large → 413 and unreadable → 400, as `{"error": …}` like every
+/// other refusal (axum's own rejection is plain text).
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(BodyBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(
+                        "The request body is larger than this server accepts.".into(),
+                    )
+                } else if body_timed_out(&e) {
+                    ApiError::RequestTimeout(
+                        "The request body stopped arriving; send it again without pausing.".into(),
+                    )
+                } else {
+                    ApiError::bad_request("The request body could not be read.")
+                }
+            })
     }
 }
 

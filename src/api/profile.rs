@@ -7,46 +7,90 @@ use super::{iso, JsonBody};
 use crate::attempts;
 use crate::audit::Event;
 use crate::auth::{ClientAddr, Principal};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, Challenge};
 use crate::names;
+use crate::openapi::OtpHeader;
 use crate::second_factor;
 use crate::store::{ProfileFields, TfaMode, User};
 use crate::totp;
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
 use std::net::IpAddr;
+use utoipa::ToSchema;
 
 const MAX_FIELD_CHARS: usize = 256;
 
 /// The profile as npm shows it.
-pub fn profile_json(user: &User) -> Value {
-    let tfa = user
-        .tfa
-        .as_ref()
-        .map(|t| json!({ "pending": t.pending, "mode": t.mode.as_str() }));
-    let p = &user.profile;
-    json!({
-        "name": user.name,
-        "email": user.email,
-        "email_verified": false,
-        "tfa": tfa,
-        "created": iso(user.created),
-        "updated": iso(user.updated),
-        "cidr_whitelist": null,
-        "fullname": p.fullname,
-        "homepage": p.homepage,
-        "freenode": p.freenode,
-        "twitter": p.twitter,
-        "github": p.github,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct Profile {
+    pub name: String,
+    pub email: String,
+    /// Always `false`: tokengate does not verify addresses.
+    pub email_verified: bool,
+    /// `null` when two-factor authentication is off.
+    pub tfa: Option<Tfa>,
+    #[schema(format = DateTime)]
+    pub created: String,
+    #[schema(format = DateTime)]
+    pub updated: String,
+    /// Always `null`: accounts have no address limits (tokens do).
+    pub cidr_whitelist: Option<Vec<String>>,
+    pub fullname: Option<String>,
+    pub homepage: Option<String>,
+    pub freenode: Option<String>,
+    pub twitter: Option<String>,
+    pub github: Option<String>,
+}
+
+/// The profile's `tfa`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Tfa {
+    /// The account's two-factor state.
+    State { pending: bool, mode: TfaMode },
+    /// The answer to an enrolment: the otpauth URL for the authenticator app.
+    EnrolmentUrl(String),
+    /// The answer to the confirmation: the recovery codes, shown once.
+    RecoveryCodes(Vec<String>),
+}
+
+impl Profile {
+    pub fn of(user: &User) -> Profile {
+        let p = &user.profile;
+        Profile {
+            name: user.name.clone(),
+            email: user.email.clone(),
+            email_verified: false,
+            tfa: user.tfa.as_ref().map(|t| Tfa::State {
+                pending: t.pending,
+                mode: t.mode,
+            }),
+            created: iso(user.created),
+            updated: iso(user.updated),
+            cidr_whitelist: None,
+            fullname: p.fullname.clone(),
+            homepage: p.homepage.clone(),
+            freenode: p.freenode.clone(),
+            twitter: p.twitter.clone(),
+            github: p.github.clone(),
+        }
+    }
 }
 
 /// `GET /-/npm/v1/user`
-pub async fn get(principal: Principal) -> Json<Value> {
-    Json(profile_json(&principal.user))
+#[utoipa::path(
+    get,
+    path = "/-/npm/v1/user",
+    tag = "profile",
+    summary = "npm profile get",
+    responses((status = 200, description = "The caller's profile.", body = Profile))
+)]
+pub async fn get(principal: Principal) -> Json<Profile> {
+    Json(Profile::of(&principal.user))
 }
 
 /// Absent → `None`; `null` → `Some(None)`; a value → `Some(Some(v))`.
@@ -56,8 +100,9 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// What `npm profile set` and `enable-2fa`/`disable-2fa` send. No `Debug`: it holds passwords.
-#[derive(Deserialize)]
+/// What `npm profile set` and `enable-2fa`/`disable-2fa` send: absent fields are kept, `null`
+/// or `""` clears a free-form field. No `Debug`: it holds passwords.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
     #[serde(default, deserialize_with = "present")]
@@ -77,7 +122,8 @@ pub struct ProfileUpdate {
     tfa: Option<TfaChange>,
 }
 
-#[derive(Deserialize)]
+/// A new password; `old` is the current one.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub old: String,
@@ -85,20 +131,46 @@ pub struct PasswordChange {
 }
 
 /// `{password, mode}` to enrol, change mode or disable; `["CODE"]` to confirm enrolment.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TfaChange {
-    Settings { password: String, mode: String },
+    /// `mode`: `auth-only`, `auth-and-writes` or `disable`.
+    Settings {
+        password: String,
+        mode: String,
+    },
     Confirm(Vec<String>),
 }
 
 /// `POST /-/npm/v1/user`
+#[utoipa::path(
+    post,
+    path = "/-/npm/v1/user",
+    tag = "profile",
+    summary = "npm profile set / enable-2fa / disable-2fa",
+    params(OtpHeader),
+    request_body = ProfileUpdate,
+    responses(
+        (status = 200, description = "The profile after the change; its `tfa` is the otpauth URL \
+            when enrolment started, the recovery codes when it was confirmed.", body = Profile),
+        (status = 400, description = "The body is not valid, mixes `tfa` with other changes, or \
+            a value is not acceptable (the message says which).", body = ErrorBody),
+        (status = 401, description = "Wrong password (`WWW-Authenticate: Basic`), a wrong or \
+            missing one-time password (`OTP`), or credentials that are not valid.",
+            body = ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "The account was deleted meanwhile.", body = ErrorBody),
+        (status = 409, description = "A code was sent but no enrolment is pending, or another \
+            request confirmed it.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `max_body_bytes`.",
+            body = ErrorBody),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
     ClientAddr(client): ClientAddr,
     body: Result<JsonBody<ProfileUpdate>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Profile>, ApiError> {
     let JsonBody(body) = body.map_err(|e| match e {
         // serde's untagged-enum error says nothing useful; say what `tfa` may be.
         ApiError::BadRequest(m) if m.contains("at `tfa`") => ApiError::bad_request(
@@ -157,7 +229,7 @@ pub async fn update(
             .audit
             .note(Event::ProfileChanged, Some(&user.name), None, detail);
     }
-    Ok(Json(profile_json(&reload(&state, &user).await?)))
+    Ok(Json(Profile::of(&reload(&state, &user).await?)))
 }
 
 /// A free-form field: absent keeps it, `null` or `""` clears it, a value replaces it.
@@ -246,7 +318,7 @@ pub async fn tfa_settings(
     password: &str,
     mode: &str,
     client: IpAddr,
-) -> Result<Value, ApiError> {
+) -> Result<Profile, ApiError> {
     let wanted = match mode {
         "disable" => None,
         other => Some(TfaMode::parse(other).ok_or_else(|| {
@@ -280,12 +352,12 @@ pub async fn tfa_settings(
             state.store.start_tfa(user.id, mode, &sealed).await?;
             tracing::info!(user = %user.name, mode = mode.as_str(), "two-factor enrolment started");
             let url = totp::otpauth_url(&state.config.tfa_issuer, &user.name, &secret);
-            let mut answer = profile_json(&reload(state, user).await?);
-            answer["tfa"] = Value::String(url);
+            let mut answer = Profile::of(&reload(state, user).await?);
+            answer.tfa = Some(Tfa::EnrolmentUrl(url));
             return Ok(answer);
         }
     }
-    Ok(profile_json(&reload(state, user).await?))
+    Ok(Profile::of(&reload(state, user).await?))
 }
 
 /// `{tfa: ["CODE"]}`: confirms a pending enrolment and answers the recovery codes, once.
@@ -295,7 +367,7 @@ pub async fn confirm(
     user: &User,
     codes: &[String],
     client: IpAddr,
-) -> Result<Value, ApiError> {
+) -> Result<Profile, ApiError> {
     let Some(tfa) = user.tfa.as_ref().filter(|t| t.pending) else {
         return Err(ApiError::Conflict(
             "Two-factor authentication is not being set up: run npm profile enable-2fa first."
@@ -327,7 +399,7 @@ pub async fn confirm(
     state
         .audit
         .note(Event::TfaEnabled, Some(&user.name), None, detail);
-    let mut answer = profile_json(&reload(state, user).await?);
-    answer["tfa"] = json!(recovery);
+    let mut answer = Profile::of(&reload(state, user).await?);
+    answer.tfa = Some(Tfa::RecoveryCodes(recovery));
     Ok(answer)
 }

@@ -4,9 +4,10 @@ use super::{iso, JsonBody, PathParam};
 use crate::attempts;
 use crate::audit::Event;
 use crate::auth::{ClientAddr, Principal};
-use crate::error::{ApiError, Challenge};
+use crate::error::{ApiError, Challenge, ErrorBody};
+use crate::openapi::OtpHeader;
 use crate::policy::Credential;
-use crate::store::{TokenKind, TokenRecord, User};
+use crate::store::{Permission, TokenKind, TokenRecord, User};
 use crate::token::{PlainToken, TokenKey};
 use crate::token_request::{self, CreateTokenBody, ExpiryLimits, TokenSpec};
 use crate::AppState;
@@ -15,39 +16,93 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{Duration, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::net::IpAddr;
+use utoipa::ToSchema;
 
 const DEFAULT_PER_PAGE: i64 = 10;
 const MAX_PER_PAGE: i64 = 9999;
 
-/// The token as npm lists it; `token` is the full secret only in the create answer.
-pub fn token_json(t: &TokenRecord, shown: &str) -> Value {
-    let cidr = t.cidr_whitelist.clone();
-    json!({
-        "token": shown,
-        "key": t.key.0,
-        "name": t.name,
-        "description": t.description,
-        "type": t.kind.as_str(),
-        "readonly": t.readonly,
-        "automation": t.automation,
-        "bypass_2fa": t.bypass_2fa,
-        "cidr_whitelist": cidr,
-        "cidr": cidr,
-        "created": iso(t.created),
-        "updated": iso(t.created),
-        "expires": t.expires.map(iso),
-        "last_used": t.last_used.map(iso),
-        "last_used_ip": t.last_used_ip,
-        "packages": t.packages,
-        "packages_all": t.packages_all,
-        "scopes": t.scopes,
-        "orgs": t.orgs,
-        "packages_and_scopes_permission": t.packages_and_scopes_permission.map(|p| p.as_str()),
-        "orgs_permission": t.orgs_permission.map(|p| p.as_str()),
-    })
+/// A token as npm lists it; `token` is the full secret only in the create answer, else the
+/// redacted start of it.
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    /// The secret (create answer) or its redacted start (list).
+    pub token: String,
+    /// The SHA-512 hex of the token: its id for `npm token revoke`.
+    pub key: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: TokenKind,
+    pub readonly: bool,
+    pub automation: bool,
+    pub bypass_2fa: bool,
+    /// The client addresses the token may be used from; `null`: any.
+    pub cidr_whitelist: Option<Vec<String>>,
+    /// The same list under npm 11's name.
+    pub cidr: Option<Vec<String>>,
+    #[schema(format = DateTime)]
+    pub created: String,
+    #[schema(format = DateTime)]
+    pub updated: String,
+    #[schema(format = DateTime)]
+    pub expires: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_used: Option<String>,
+    pub last_used_ip: Option<String>,
+    pub packages: Vec<String>,
+    pub packages_all: bool,
+    pub scopes: Vec<String>,
+    pub orgs: Vec<String>,
+    pub packages_and_scopes_permission: Option<Permission>,
+    pub orgs_permission: Option<Permission>,
+}
+
+impl TokenView {
+    /// `t` as npm shows it, with `shown` as its `token`.
+    pub fn of(t: &TokenRecord, shown: &str) -> TokenView {
+        TokenView {
+            token: shown.to_owned(),
+            key: t.key.0.clone(),
+            name: t.name.clone(),
+            description: t.description.clone(),
+            kind: t.kind,
+            readonly: t.readonly,
+            automation: t.automation,
+            bypass_2fa: t.bypass_2fa,
+            cidr_whitelist: t.cidr_whitelist.clone(),
+            cidr: t.cidr_whitelist.clone(),
+            created: iso(t.created),
+            updated: iso(t.created),
+            expires: t.expires.map(iso),
+            last_used: t.last_used.map(iso),
+            last_used_ip: t.last_used_ip.clone(),
+            packages: t.packages.clone(),
+            packages_all: t.packages_all,
+            scopes: t.scopes.clone(),
+            orgs: t.orgs.clone(),
+            packages_and_scopes_permission: t.packages_and_scopes_permission,
+            orgs_permission: t.orgs_permission,
+        }
+    }
+}
+
+/// One page of `npm token list`.
+#[derive(Serialize, ToSchema)]
+pub struct TokenPage {
+    /// The caller's tokens, newest first.
+    pub objects: Vec<TokenView>,
+    /// How many tokens the caller has in all.
+    pub total: i64,
+    pub urls: PageUrls,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PageUrls {
+    /// The next page's path; `null` on the last page.
+    pub next: Option<String>,
 }
 
 /// Generates a token for `spec`, stores it, and returns the secret with its record.
@@ -103,11 +158,29 @@ fn parse_param(
 }
 
 /// `GET /-/npm/v1/tokens?page=N&perPage=M`: the caller's tokens, newest first.
+#[utoipa::path(
+    get,
+    path = "/-/npm/v1/tokens",
+    tag = "tokens",
+    summary = "npm token list",
+    params(
+        ("page" = Option<i64>, Query, minimum = 0, maximum = 4294967295.0,
+            description = "The page, from 0."),
+        ("perPage" = Option<i64>, Query, minimum = 1, maximum = 9999,
+            description = "Tokens per page (10 when absent)."),
+    ),
+    security(("bearer" = []), ("basic" = [])),
+    responses(
+        (status = 200, description = "The caller's tokens, newest first.", body = TokenPage),
+        (status = 400, description = "`page` or `perPage` is not a whole number in range.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenPage>, ApiError> {
     let Query(params) = query.map_err(|_| ApiError::bad_request("Invalid query string."))?;
     let page = parse_param("page", params.page.as_deref(), 0, 0, i64::from(u32::MAX))?;
     let per_page = parse_param(
@@ -121,15 +194,42 @@ pub async fn list(
         .store
         .list_tokens(principal.user.id, page * per_page, per_page)
         .await?;
-    let objects: Vec<Value> = tokens.iter().map(|t| token_json(t, &t.redacted)).collect();
+    let objects = tokens
+        .iter()
+        .map(|t| TokenView::of(t, &t.redacted))
+        .collect();
     let next = ((page + 1) * per_page < total)
         .then(|| format!("/-/npm/v1/tokens?page={}&perPage={per_page}", page + 1));
-    Ok(Json(
-        json!({ "objects": objects, "total": total, "urls": { "next": next } }),
-    ))
+    Ok(Json(TokenPage {
+        objects,
+        total,
+        urls: PageUrls { next },
+    }))
 }
 
 /// `POST /-/npm/v1/tokens`: needs the account password every time.
+#[utoipa::path(
+    post,
+    path = "/-/npm/v1/tokens",
+    tag = "tokens",
+    summary = "npm token create",
+    params(OtpHeader),
+    request_body = CreateTokenBody,
+    security(("bearer" = []), ("basic" = [])),
+    responses(
+        (status = 201, description = "The new token; `token` is the secret, shown only here.",
+            body = TokenView),
+        (status = 400, description = "The body is not JSON, has unknown fields, or asks for a \
+            token that cannot be made (the message says why).", body = ErrorBody),
+        (status = 401, description = "Wrong or missing `password` (`WWW-Authenticate: Basic`), \
+            or the credentials are not valid, or a one-time password is needed.",
+            body = ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller already has the most tokens one account may \
+            hold, or this token may not manage tokens.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `max_body_bytes`.",
+            body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -140,7 +240,7 @@ pub async fn create(
     let (token, record) = create_token(&state, &principal.user, &by, &body, client).await?;
     Ok((
         StatusCode::CREATED,
-        Json(token_json(&record, token.expose())),
+        Json(TokenView::of(&record, token.expose())),
     )
         .into_response())
 }
@@ -179,7 +279,8 @@ pub async fn create_token(
         )));
     }
     let (token, record) = issue(state, user, spec).await?;
-    let mut detail = token_json(&record, "");
+    // Plain data: serialising it cannot fail.
+    let mut detail = serde_json::to_value(TokenView::of(&record, "")).unwrap_or_default();
     if let Some(obj) = detail.as_object_mut() {
         obj.remove("token");
         obj.remove("key");
@@ -199,6 +300,23 @@ pub async fn create_token(
 }
 
 /// `DELETE /-/npm/v1/tokens/token/KEY-OR-TOKEN`: only the caller's own tokens.
+#[utoipa::path(
+    delete,
+    path = "/-/npm/v1/tokens/token/{key}",
+    tag = "tokens",
+    summary = "npm token revoke",
+    params(
+        ("key" = String, Path, min_length = 1,
+            description = "The token's key (128 hex digits, as listed) or the token itself."),
+        OtpHeader,
+    ),
+    security(("bearer" = []), ("basic" = [])),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No live token of the caller's has that key or value.",
+            body = ErrorBody),
+    )
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     principal: Principal,

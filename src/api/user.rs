@@ -1,12 +1,14 @@
 //! Login and adduser (npm's couch flow), logout, whoami and ping.
 
-use super::{JsonBody, PathParam};
+use super::{BodyBytes, JsonBody, PathParam};
 use crate::api::tokens::issue_session;
 use crate::audit::Event;
 use crate::auth::{ClientAddr, MaybePrincipal, Principal};
 use crate::config::Registration;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::names;
+use crate::openapi::OtpHeader;
 use crate::store::{NewUser, StoreError};
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
@@ -15,22 +17,27 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 
 const COUCH_PREFIX: &str = "org.couchdb.user:";
 
 /// The user document npm sends. No `Debug`: it holds the password.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     #[serde(rename = "_id")]
     _id: Option<String>,
     #[serde(rename = "_rev")]
     _rev: Option<String>,
+    /// When given, the name in the path.
     name: Option<String>,
+    /// Required, not empty.
     password: Option<String>,
+    /// Given by `npm adduser`: creates the account when the name is free and registration
+    /// is open.
     email: Option<String>,
     #[serde(rename = "type")]
     _kind: Option<String>,
@@ -38,6 +45,75 @@ pub struct LoginBody {
     _roles: Option<Value>,
     #[serde(rename = "date")]
     _date: Option<Value>,
+}
+
+/// The answer to a login or adduser: a new session token.
+#[derive(Serialize, ToSchema)]
+pub struct LoginAnswer {
+    pub ok: bool,
+    /// `org.couchdb.user:NAME`.
+    pub id: String,
+    pub rev: String,
+    /// The session token (`npm_…`).
+    pub token: String,
+}
+
+/// The public part of a user document.
+#[derive(Serialize, ToSchema)]
+pub struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub email: String,
+}
+
+/// `{"ok": true}`.
+#[derive(Serialize, ToSchema)]
+pub struct OkAnswer {
+    pub ok: bool,
+}
+
+/// `GET /-/whoami`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct Whoami {
+    pub username: String,
+}
+
+/// An empty object, `{}`.
+#[derive(Serialize, ToSchema)]
+pub struct Empty {}
+
+/// The liveness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Live {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// The readiness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ok`.
+    pub status: String,
+    /// Always `ok`: an unavailable database is a 503.
+    pub database: String,
+}
+
+/// The answer to `POST /-/v1/login`.
+#[derive(Serialize, ToSchema)]
+pub struct WebLoginStarted {
+    /// The page npm opens in the browser.
+    #[serde(rename = "loginUrl")]
+    pub login_url: String,
+    /// What npm polls until the person confirmed.
+    #[serde(rename = "doneUrl")]
+    pub done_url: String,
+}
+
+/// The session token of a finished web login.
+#[derive(Serialize, ToSchema)]
+pub struct WebLoginToken {
+    pub token: String,
 }
 
 fn user_from_id(id: &str) -> Result<String, ApiError> {
@@ -55,24 +131,81 @@ fn user_from_id(id: &str) -> Result<String, ApiError> {
 }
 
 /// `PUT /-/user/org.couchdb.user:NAME`
+#[utoipa::path(
+    put,
+    path = "/-/user/{id}",
+    tag = "login",
+    summary = "npm login / npm adduser",
+    params(
+        ("id" = String, Path, pattern = "^org\\.couchdb\\.user:.+$",
+            description = "`org.couchdb.user:NAME`"),
+        OtpHeader,
+    ),
+    request_body = LoginBody,
+    responses(
+        (status = 201, description = "Logged in (or the account was created): a new session token.",
+            body = LoginAnswer),
+        (status = 400, description = "The body is not a valid user document, the password is \
+            missing, the names differ, or the new account's name, email or password is not \
+            acceptable.", body = ErrorBody),
+        (status = 401, description = "Wrong name or password (no challenge), or a one-time \
+            password is needed (`WWW-Authenticate: OTP`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The account is disabled, or registration is closed.",
+            body = ErrorBody),
+        (status = 404, description = "The path is not `org.couchdb.user:NAME`.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `max_body_bytes`.", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts for this account from this address.",
+            body = ErrorBody, headers(("Retry-After" = i64))),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<LoginBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<LoginAnswer>), ApiError> {
     login_or_adduser(state, client, &headers, id, body).await
 }
 
 /// `PUT /-/user/org.couchdb.user:NAME/-rev/REV`, npm's retry after a conflict.
+#[utoipa::path(
+    put,
+    path = "/-/user/{id}/-rev/{rev}",
+    tag = "login",
+    summary = "npm login, retried with a revision",
+    params(
+        ("id" = String, Path, pattern = "^org\\.couchdb\\.user:.+$",
+            description = "`org.couchdb.user:NAME`"),
+        ("rev" = String, Path, min_length = 1, description = "Ignored."),
+        OtpHeader,
+    ),
+    request_body = LoginBody,
+    responses(
+        (status = 201, description = "Logged in (or the account was created): a new session token.",
+            body = LoginAnswer),
+        (status = 400, description = "The body is not a valid user document, the password is \
+            missing, the names differ, or the new account's name, email or password is not \
+            acceptable.", body = ErrorBody),
+        (status = 401, description = "Wrong name or password (no challenge), or a one-time \
+            password is needed (`WWW-Authenticate: OTP`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The account is disabled, or registration is closed.",
+            body = ErrorBody),
+        (status = 404, description = "The path is not `org.couchdb.user:NAME`.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `max_body_bytes`.", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts for this account from this address.",
+            body = ErrorBody, headers(("Retry-After" = i64))),
+    )
+)]
 pub async fn login_rev(
     State(state): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
     PathParam((id, _rev)): PathParam<(String, String)>,
     JsonBody(body): JsonBody<LoginBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<LoginAnswer>), ApiError> {
     login_or_adduser(state, client, &headers, id, body).await
 }
 
@@ -82,7 +215,7 @@ async fn login_or_adduser(
     headers: &HeaderMap,
     id: String,
     body: LoginBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<LoginAnswer>), ApiError> {
     let name = user_from_id(&id)?;
     if body.name.as_deref().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(
@@ -141,12 +274,12 @@ async fn login_or_adduser(
     );
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "ok": true,
-            "id": format!("{COUCH_PREFIX}{}", user.name),
-            "rev": "_we_dont_use_revs_any_more",
-            "token": token.expose(),
-        })),
+        Json(LoginAnswer {
+            ok: true,
+            id: format!("{COUCH_PREFIX}{}", user.name),
+            rev: "_we_dont_use_revs_any_more".into(),
+            token: token.expose().to_owned(),
+        }),
     ))
 }
 
@@ -202,34 +335,59 @@ pub async fn adduser(
 }
 
 /// `GET /-/user/org.couchdb.user:NAME`: the public part of a user document.
+#[utoipa::path(
+    get,
+    path = "/-/user/{id}",
+    tag = "login",
+    summary = "A user's public document",
+    params(("id" = String, Path, min_length = 1, description = "`org.couchdb.user:NAME`")),
+    responses(
+        (status = 200, description = "The user's id, name and email.", body = UserDoc),
+        (status = 400, description = "The name is missing from the path.", body = ErrorBody),
+        (status = 404, description = "No such user, or the path is not `org.couchdb.user:NAME`.",
+            body = ErrorBody),
+    )
+)]
 pub async fn user_doc(
     State(state): State<AppState>,
     _caller: Principal,
     PathParam(id): PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserDoc>, ApiError> {
     let name = user_from_id(&id)?;
     let user = state
         .store
         .user_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("No user named {name}.")))?;
-    Ok(Json(json!({
-        "_id": format!("{COUCH_PREFIX}{}", user.name),
-        "name": user.name,
-        "email": user.email,
-    })))
+    Ok(Json(UserDoc {
+        id: format!("{COUCH_PREFIX}{}", user.name),
+        name: user.name,
+        email: user.email,
+    }))
 }
 
 /// `DELETE /-/user/token/TOKEN`: revokes that token. Unknown or already dead tokens answer
 /// 200 too, so npm can always remove them from its config.
+#[utoipa::path(
+    delete,
+    path = "/-/user/token/{token}",
+    tag = "login",
+    summary = "npm logout",
+    params(("token" = String, Path, min_length = 1, description = "The token to revoke.")),
+    responses(
+        (status = 200, description = "Revoked, or unknown, malformed or already dead.", body = OkAnswer),
+        (status = 403, description = "A live token of someone else: send it as the bearer, or \
+            log in as its owner.", body = ErrorBody),
+    )
+)]
 pub async fn logout(
     State(state): State<AppState>,
     MaybePrincipal(caller): MaybePrincipal,
     headers: axum::http::HeaderMap,
     PathParam(raw): PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkAnswer>, ApiError> {
     let key = TokenKey::of(&raw);
-    let ok = Json(json!({ "ok": true }));
+    let ok = Json(OkAnswer { ok: true });
     let parsed = PlainToken::parse(&state.config.token_prefix, &raw);
     if parsed.is_err() {
         return Ok(ok);
@@ -265,41 +423,91 @@ pub async fn logout(
 }
 
 /// `GET /-/whoami`
-pub async fn whoami(principal: Principal) -> Json<Value> {
-    Json(json!({ "username": principal.user.name }))
+#[utoipa::path(
+    get,
+    path = "/-/whoami",
+    tag = "login",
+    summary = "npm whoami",
+    responses((status = 200, description = "The caller's name.", body = Whoami))
+)]
+pub async fn whoami(principal: Principal) -> Json<Whoami> {
+    Json(Whoami {
+        username: principal.user.name.clone(),
+    })
 }
 
 /// `GET /-/ping`
-pub async fn ping() -> Json<Value> {
-    Json(json!({}))
+#[utoipa::path(
+    get,
+    path = "/-/ping",
+    tag = "health",
+    summary = "npm ping",
+    responses((status = 200, description = "`{}`", body = Empty))
+)]
+pub async fn ping() -> Json<Empty> {
+    Json(Empty {})
 }
 
 /// `GET /-/health/live`: the process answers.
-pub async fn live() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/-/health/live",
+    tag = "health",
+    summary = "Liveness",
+    responses((status = 200, description = "The process answers.", body = Live))
+)]
+pub async fn live() -> Json<Live> {
+    Json(Live {
+        status: "ok".into(),
+    })
 }
 
 /// `GET /-/health/ready`: the database answers too.
-pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/-/health/ready",
+    tag = "health",
+    summary = "Readiness",
+    responses((status = 200, description = "The database answers too.", body = Ready))
+)]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(json!({ "status": "ok", "database": "ok" })))
+    Ok(Json(Ready {
+        status: "ok".into(),
+        database: "ok".into(),
+    }))
 }
 
 /// What npm sends to `POST /-/v1/login`: `{}`, or `{create: true}` for `npm adduser`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 pub struct WebLoginBody {
+    /// `npm adduser`: the page offers to create an account.
     #[serde(default)]
     create: bool,
 }
 
 /// `POST /-/v1/login`: npm's web login. Answers `{loginUrl, doneUrl}`; npm opens the first in a
 /// browser and polls the second.
+#[utoipa::path(
+    post,
+    path = "/-/v1/login",
+    tag = "login",
+    summary = "npm login (web)",
+    request_body(content = Option<WebLoginBody>, description = "May be empty."),
+    responses(
+        (status = 200, description = "The login page and the URL to poll.", body = WebLoginStarted),
+        (status = 400, description = "The body is not valid JSON of this shape.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `max_body_bytes`.", body = ErrorBody),
+        (status = 429, description = "Too many logins started from this address lately.",
+            body = ErrorBody, headers(("Retry-After" = i64))),
+    )
+)]
 pub async fn web_login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+    BodyBytes(body): BodyBytes,
+) -> Result<Json<WebLoginStarted>, ApiError> {
     // Anyone may start a login, and each one is a database row for ten minutes: a client
     // address may start only so many per window.
     let address = client.to_string();
@@ -307,20 +515,24 @@ pub async fn web_login(
         return Err(ApiError::too_many("logins started from this address", wait));
     }
     state.login_starts.record_failure(&address, client);
+    // An empty body and `null` are `{}`.
     let body: WebLoginBody = if body.iter().all(u8::is_ascii_whitespace) {
         WebLoginBody::default()
     } else {
-        super::parse_json(&body)?
+        super::parse_json::<Option<WebLoginBody>>(&body)?.unwrap_or_default()
     };
     let started = crate::web::npm_login::start(&state, &headers, body.create).await?;
-    Ok(Json(json!({
-        "loginUrl": started.login_url,
-        "doneUrl": started.done_url,
-    })))
+    Ok(Json(WebLoginStarted {
+        login_url: started.login_url,
+        done_url: started.done_url,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DoneParams {
+    /// The secret from `doneUrl`.
+    #[param(required = false, value_type = String)]
     session: Option<String>,
 }
 
@@ -330,6 +542,22 @@ pub const WEB_LOGIN_WINDOW_SECS: u64 = 300;
 
 /// `GET /-/v1/done?session=…`: 202 with `Retry-After` (and a JSON body, which npm reads) until
 /// the person confirmed in the browser, then 200 `{token}` once.
+#[utoipa::path(
+    get,
+    path = "/-/v1/done",
+    tag = "login",
+    summary = "npm login (web): poll",
+    params(DoneParams),
+    responses(
+        (status = 200, description = "Confirmed: the new session token, answered once.",
+            body = WebLoginToken),
+        (status = 202, description = "Not confirmed yet: poll again after `Retry-After` seconds.",
+            body = Empty, headers(("Retry-After" = i64))),
+        (status = 403, description = "Cancelled in the browser, or the account is disabled.",
+            body = ErrorBody),
+        (status = 404, description = "Unknown, expired or already finished.", body = ErrorBody),
+    )
+)]
 pub async fn web_login_done(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<DoneParams>, axum::extract::rejection::QueryRejection>,
@@ -344,12 +572,14 @@ pub async fn web_login_done(
                 (axum::http::header::RETRY_AFTER, POLL_SECS.to_string()),
                 (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
             ],
-            Json(json!({})),
+            Json(Empty {}),
         )
             .into_response(),
         Poll::Token(token) => (
             [(axum::http::header::CACHE_CONTROL, "no-store")],
-            Json(json!({ "token": token.expose() })),
+            Json(WebLoginToken {
+                token: token.expose().to_owned(),
+            }),
         )
             .into_response(),
     })

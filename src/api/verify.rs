@@ -3,7 +3,8 @@
 //! original request's credentials, method and URI; the answer is the gate's decision.
 
 use crate::auth::{self, ClientAddr, Decision};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::OtpHeader;
 use crate::registry_path;
 use crate::AppState;
 use axum::extract::State;
@@ -30,6 +31,60 @@ fn first<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Headers a proxy sends with the original request's method and URI (Traefik's names, or the
+/// ones nginx configurations usually set).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct Original {
+    /// The original method (GET when absent).
+    #[param(rename = "X-Forwarded-Method", required = false)]
+    forwarded_method: String,
+    /// The original URI; this or `X-Original-URI` is required.
+    #[param(rename = "X-Forwarded-Uri", required = false)]
+    forwarded_uri: String,
+    #[param(rename = "X-Original-Method", required = false)]
+    original_method: String,
+    #[param(rename = "X-Original-URI", required = false)]
+    original_uri: String,
+}
+
+/// Any method: the proxy's own request method does not matter.
+#[utoipa::path(
+    get,
+    path = "/-/auth/verify",
+    tag = "forward-auth",
+    summary = "Forward authentication (any method)",
+    description = "Decides whether the original request (method and URI in the headers, \
+        credentials in `Authorization` and `npm-otp`) may reach the registry. Any HTTP method \
+        is answered the same.",
+    params(Original, OtpHeader),
+    responses(
+        (status = 200, description = "Allowed. No body.", headers(
+            ("X-Auth-User" = String, description = "The caller's name, when authenticated."),
+            ("X-Auth-Token-Key" = String, description = "A short, non-secret id of the token used."),
+        )),
+        (status = 400, description = "The original URI is missing, the method is not one, or \
+            the path has `.`/`..` segments.", body = ErrorBody,
+            headers(("X-Auth-Error" = String, description = "The message as a JSON string."))),
+        (status = 401, description = "No valid credentials, or a one-time password is needed.",
+            body = ErrorBody, headers(
+                ("WWW-Authenticate" = String),
+                ("X-Auth-Error" = String, description = "The message as a JSON string."),
+            )),
+        (status = 403, description = "The credential may not do this, or the path belongs to \
+            tokengate itself.", body = ErrorBody,
+            headers(("X-Auth-Error" = String, description = "The message as a JSON string."))),
+        (status = 429, description = "Too many failed password or one-time password attempts.",
+            body = ErrorBody, headers(
+                ("Retry-After" = i64),
+                ("X-Auth-Error" = String, description = "The message as a JSON string."),
+            )),
+        (status = 503, description = "The database is unavailable, or the request took too long.",
+            body = ErrorBody,
+            headers(("X-Auth-Error" = String, description = "The message as a JSON string."))),
+    )
+)]
 pub async fn verify(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,

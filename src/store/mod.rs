@@ -70,7 +70,7 @@ pub struct User {
 }
 
 /// npm's two-factor modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TfaMode {
     /// OTP for login, token and account changes.
@@ -132,7 +132,7 @@ pub struct NewUser {
 }
 
 /// What kind of token a row is; decides what it may do before any finer limit applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenKind {
     /// Made by `npm login`: everything the user may do.
@@ -171,7 +171,7 @@ impl TokenKind {
 }
 
 /// npm's permission values for packages/scopes and for orgs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Permission {
     NoAccess,

@@ -254,14 +254,10 @@ pub async fn confirm(
         }
         Err(e) => return refused(&state, &who, e).await,
     };
-    let codes: Vec<String> = answer["tfa"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let codes = match answer.tfa {
+        Some(profile::Tfa::RecoveryCodes(codes)) => codes,
+        _ => Vec::new(),
+    };
     let markup = html! {
         section.card {
             h1 { "Two-factor authentication is on" }
