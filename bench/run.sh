@@ -18,8 +18,9 @@ if [ -n "${SMOKE:-}" ]; then DURATION=1s; ROUNDS=1; TOKENS=${TOKENS:-100}; fi
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked --quiet --bin tokengate --example bench
-BIN=$PWD/target/release/tokengate
-BENCH=$PWD/target/release/examples/bench
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$TARGET/release/tokengate
+BENCH=$TARGET/release/examples/bench
 
 work=$(mktemp -d)
 pids=()

@@ -6,7 +6,7 @@ use super::*;
 use anyhow::Context;
 use chrono::TimeZone;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyPool, Row, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,26 +99,11 @@ impl SqlStore {
         self.pool.close().await;
     }
 
-    /// Records a change for every replica's verification cache and forgets it here at once.
-    /// A failure is logged: other replicas then rely on the cache's time-to-live.
-    async fn changed(&self, change: Change) {
+    /// Forgets a committed change here at once and wakes the other replicas (PostgreSQL), which
+    /// read its event (written by [`record_change`] in the same transaction as the change).
+    async fn announce(&self, change: Change) {
         if let Some(cache) = self.cache.get() {
             cache.forget(&change);
-        }
-        let (key, user) = match &change {
-            Change::Token(k) => (Some(k.0.as_str()), None),
-            Change::User(id) => (None, Some(*id)),
-        };
-        let written =
-            sqlx::query("INSERT INTO cache_events (token_key, user_id, at_ms) VALUES ($1, $2, $3)")
-                .bind(key)
-                .bind(user)
-                .bind(ms(Utc::now()))
-                .execute(&self.pool)
-                .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "change event not stored; other replicas may trust a stale token until the cache TTL");
-            return;
         }
         if self.backend == Backend::Postgres {
             let _ = sqlx::query("SELECT pg_notify('tokengate_changes', '')")
@@ -388,6 +373,23 @@ fn classify_code(sqlite: bool, code: &str) -> Fault {
     }
 }
 
+/// Writes the event of a change every replica's verification cache must see, in the
+/// transaction that makes the change: the change is never stored without its event.
+async fn record_change(tx: &mut Transaction<'_, Any>, change: &Change) -> StoreResult<()> {
+    let (key, user) = match change {
+        Change::Token(k) => (Some(k.0.as_str()), None),
+        Change::User(id) => (None, Some(*id)),
+    };
+    sqlx::query("INSERT INTO cache_events (token_key, user_id, at_ms) VALUES ($1, $2, $3)")
+        .bind(key)
+        .bind(user)
+        .bind(ms(Utc::now()))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -646,8 +648,9 @@ impl Store for SqlStore {
                 .await
                 .map_err(map_err)?;
         }
+        record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        self.announce(Change::User(user_id)).await;
         Ok(revoked)
     }
 
@@ -669,8 +672,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        self.announce(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -704,20 +708,24 @@ impl Store for SqlStore {
             .await
             .map_err(map_err)?;
         }
+        record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        self.announce(Change::User(user_id)).await;
         Ok(true)
     }
 
     async fn set_tfa_mode(&self, user_id: i64, mode: TfaMode) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query("UPDATE users SET tfa_mode = $1, updated_ms = $2 WHERE id = $3 AND tfa_secret IS NOT NULL")
             .bind(mode.as_str())
             .bind(ms(Utc::now()))
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        record_change(&mut tx, &Change::User(user_id)).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.announce(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -737,8 +745,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        self.announce(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -777,6 +786,7 @@ impl Store for SqlStore {
         email: &str,
         f: &ProfileFields,
     ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query(
             "UPDATE users SET email = $1, fullname = $2, homepage = $3, github = $4, twitter = $5, \
              freenode = $6, updated_ms = $7 WHERE id = $8",
@@ -789,14 +799,17 @@ impl Store for SqlStore {
         .bind(f.freenode.as_deref())
         .bind(ms(Utc::now()))
         .bind(user_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        record_change(&mut tx, &Change::User(user_id)).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.announce(Change::User(user_id)).await;
         Ok(())
     }
 
     async fn revoke_sessions(&self, user_id: i64, keep: Option<&TokenKey>) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_ms = $1 WHERE user_id = $2 AND kind = 'session' \
              AND revoked_ms IS NULL AND key <> $3",
@@ -804,10 +817,12 @@ impl Store for SqlStore {
         .bind(ms(Utc::now()))
         .bind(user_id)
         .bind(keep.map(|k| k.0.as_str()).unwrap_or(""))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        record_change(&mut tx, &Change::User(user_id)).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.announce(Change::User(user_id)).await;
         Ok(done.rows_affected())
     }
 
@@ -887,37 +902,47 @@ impl Store for SqlStore {
         key: &TokenKey,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_ms = $1 WHERE key = $2 AND user_id = $3 AND revoked_ms IS NULL",
         )
         .bind(ms(now))
         .bind(&key.0)
         .bind(user_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        if done.rows_affected() > 0 {
-            self.changed(Change::Token(key.clone())).await;
+        let revoked = done.rows_affected() > 0;
+        let change = Change::Token(key.clone());
+        if revoked {
+            record_change(&mut tx, &change).await?;
         }
-        Ok(done.rows_affected() > 0)
+        tx.commit().await.map_err(map_err)?;
+        if revoked {
+            self.announce(change).await;
+        }
+        Ok(revoked)
     }
 
     async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query("UPDATE users SET disabled = $1, updated_ms = $2 WHERE id = $3")
             .bind(i64::from(disabled))
             .bind(ms(Utc::now()))
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
         if disabled {
             sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
                 .bind(user_id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
         }
-        self.changed(Change::User(user_id)).await;
+        record_change(&mut tx, &Change::User(user_id)).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.announce(Change::User(user_id)).await;
         Ok(())
     }
 
@@ -942,20 +967,23 @@ impl Store for SqlStore {
     }
 
     async fn revoke_all_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_ms = $1 WHERE user_id = $2 AND revoked_ms IS NULL",
         )
         .bind(ms(now))
         .bind(user_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
         sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        self.changed(Change::User(user_id)).await;
+        record_change(&mut tx, &Change::User(user_id)).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.announce(Change::User(user_id)).await;
         Ok(done.rows_affected())
     }
 
