@@ -219,7 +219,8 @@ async fn drop_unfit_request_id(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn fit_request_id(id: &[u8]) -> bool {
+/// Whether a client's `x-request-id` may be kept: 1 to 64 plain characters.
+pub fn fit_request_id(id: &[u8]) -> bool {
     (1..=64).contains(&id.len())
         && id
             .iter()
