@@ -88,7 +88,10 @@ pub fn parse_cidr(entry: &str) -> Option<IpNet> {
     if let Ok(net) = entry.parse::<IpNet>() {
         return Some(canonical_net(net.trunc()));
     }
-    entry.parse::<IpAddr>().ok().map(|ip| canonical_net(IpNet::from(ip)))
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| canonical_net(IpNet::from(ip)))
 }
 
 /// Parses an allow-list, naming the first invalid entry the way npm does.
@@ -96,7 +99,12 @@ pub fn parse_cidr_list(entries: &[String]) -> Result<Vec<IpNet>, String> {
     entries
         .iter()
         .map(|e| {
-            parse_cidr(e).ok_or_else(|| format!("CIDR whitelist contains invalid CIDR entry: {e}"))
+            parse_cidr(e).ok_or_else(|| {
+                format!(
+                    "CIDR whitelist contains invalid CIDR entry: {}",
+                    crate::error::clip(e)
+                )
+            })
         })
         .collect()
 }
@@ -181,6 +189,15 @@ mod tests {
         }
         let err = parse_cidr_list(&["10.0.0.0/8".into(), "x".into()]).unwrap_err();
         assert_eq!(err, "CIDR whitelist contains invalid CIDR entry: x");
+        // Found by the properties: a huge entry was repeated whole.
+        let err = parse_cidr_list(&["a".repeat(157)]).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "CIDR whitelist contains invalid CIDR entry: {}…",
+                "a".repeat(40)
+            )
+        );
     }
 
     /// Found by the properties: a mapped entry or proxy never matched, since addresses are
