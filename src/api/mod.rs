@@ -117,7 +117,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("00?"), "{e}");
-        assert!(e.contains("invalid type: string, expected a boolean"), "{e}");
+        assert!(
+            e.contains("invalid type: string, expected a boolean"),
+            "{e}"
+        );
         let e = parse_json::<B>(b"{").unwrap_err().to_string();
         assert!(e.contains("Invalid JSON body"), "{e}");
         let e = parse_json::<B>(b"").unwrap_err().to_string();
