@@ -67,7 +67,8 @@ pub fn validate_package(name: &str) -> Result<(), String> {
             Some(scoped) => scoped
                 .split_once('/')
                 .is_some_and(|(scope, pkg)| valid_part(scope) && valid_part(pkg)),
-            None => valid_part(name) && name != "node_modules" && name != "favicon.ico",
+            // `-` is the path of npm's own namespace (`/-/…`): no request can reach it.
+            None => valid_part(name) && !matches!(name, "node_modules" | "favicon.ico" | "-"),
         };
     if ok {
         Ok(())
@@ -154,6 +155,8 @@ mod tests {
             "node_modules",
             "@acme/x/y",
             "x!",
+            // Found by the properties: `/-` is no package's path.
+            "-",
         ] {
             assert!(validate_package(bad).is_err(), "{bad}");
         }
