@@ -199,15 +199,59 @@ pub async fn identify(
         )
     };
     let value = value.to_str().map_err(|_| invalid())?;
-    let (scheme, rest) = value.split_once(' ').ok_or_else(invalid)?;
+    match parse_authorization(value) {
+        Ok(AuthHeader::Bearer(raw)) => bearer(state, raw, client).await.map(Some),
+        Ok(AuthHeader::Basic { name, password }) => {
+            basic(state, &name, &password, client).await.map(Some)
+        }
+        Err(AuthHeaderError::Basic) => Err(wrong_password()),
+        Err(AuthHeaderError::Scheme) => Err(invalid()),
+    }
+}
+
+/// What an `Authorization` header carries, read without any lookup. No `Debug`: it may hold a
+/// password.
+#[derive(PartialEq, Eq)]
+pub enum AuthHeader<'a> {
+    /// `Bearer TOKEN`: the token, trimmed, its format not yet checked.
+    Bearer(&'a str),
+    /// `Basic base64(name:password)`, decoded; the name ends at the first `:`.
+    Basic { name: String, password: String },
+}
+
+/// Why an `Authorization` header was refused before any lookup.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthHeaderError {
+    /// Neither `Bearer …` nor `Basic …`.
+    Scheme,
+    /// `Basic` with bad base64, non-UTF-8 or no `:`: answered like a wrong password.
+    Basic,
+}
+
+/// Splits an `Authorization` header value into its scheme (case-insensitive) and credentials.
+pub fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthHeaderError> {
+    let (scheme, rest) = value.split_once(' ').ok_or(AuthHeaderError::Scheme)?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        bearer(state, rest, client).await.map(Some)
+        Ok(AuthHeader::Bearer(rest))
     } else if scheme.eq_ignore_ascii_case("basic") {
-        basic(state, rest, client).await.map(Some)
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(AuthHeaderError::Basic)?;
+        let (name, password) = decoded.split_once(':').ok_or(AuthHeaderError::Basic)?;
+        Ok(AuthHeader::Basic {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        })
     } else {
-        Err(invalid())
+        Err(AuthHeaderError::Scheme)
     }
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::unauthorized("Incorrect username or password.", Challenge::Basic)
 }
 
 async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal, ApiError> {
@@ -264,14 +308,12 @@ async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal
     })
 }
 
-async fn basic(state: &AppState, encoded: &str, client: IpAddr) -> Result<Principal, ApiError> {
-    let wrong = || ApiError::unauthorized("Incorrect username or password.", Challenge::Basic);
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(wrong)?;
-    let (name, password) = decoded.split_once(':').ok_or_else(wrong)?;
+async fn basic(
+    state: &AppState,
+    name: &str,
+    password: &str,
+    client: IpAddr,
+) -> Result<Principal, ApiError> {
     let user = state.store.user_by_name(name).await?;
     let stored = user.as_ref().map(|u| u.password_hash.as_str());
     let ok = attempts::check_password(state, name, stored, password, client).await?;
@@ -280,7 +322,7 @@ async fn basic(state: &AppState, encoded: &str, client: IpAddr) -> Result<Princi
             user: std::sync::Arc::new(user),
             credential: Credential::Password,
         }),
-        _ => Err(wrong()),
+        _ => Err(wrong_password()),
     }
 }
 

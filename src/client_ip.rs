@@ -15,8 +15,28 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) becomes the IPv4 network it maps
+/// (`10.0.0.0/8`): addresses are compared in their canonical form, so the mapped one would
+/// never match.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+                .map(|n| n.trunc())
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// Whether the network holds the (canonical) address, the network taken canonically too.
+fn holds(net: &IpNet, ip: &IpAddr) -> bool {
+    canonical_net(*net).contains(ip)
+}
+
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
-    proxies.iter().any(|net| net.contains(&ip))
+    proxies.iter().any(|net| holds(net, &ip))
 }
 
 /// Resolves the client address from the peer and the `X-Forwarded-For` values (in header order).
@@ -66,9 +86,12 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 pub fn parse_cidr(entry: &str) -> Option<IpNet> {
     let entry = entry.trim();
     if let Ok(net) = entry.parse::<IpNet>() {
-        return Some(net.trunc());
+        return Some(canonical_net(net.trunc()));
     }
-    entry.parse::<IpAddr>().ok().map(IpNet::from)
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| canonical_net(IpNet::from(ip)))
 }
 
 /// Parses an allow-list, naming the first invalid entry the way npm does.
@@ -76,7 +99,12 @@ pub fn parse_cidr_list(entries: &[String]) -> Result<Vec<IpNet>, String> {
     entries
         .iter()
         .map(|e| {
-            parse_cidr(e).ok_or_else(|| format!("CIDR whitelist contains invalid CIDR entry: {e}"))
+            parse_cidr(e).ok_or_else(|| {
+                format!(
+                    "CIDR whitelist contains invalid CIDR entry: {}",
+                    crate::error::clip(e)
+                )
+            })
         })
         .collect()
 }
@@ -84,7 +112,7 @@ pub fn parse_cidr_list(entries: &[String]) -> Result<Vec<IpNet>, String> {
 /// Whether `ip` is allowed by the list; an empty list allows nothing.
 pub fn allowed(ip: IpAddr, list: &[IpNet]) -> bool {
     let ip = canonical(ip);
-    list.iter().any(|net| net.contains(&ip))
+    list.iter().any(|net| holds(net, &ip))
 }
 
 #[cfg(test)]
@@ -161,6 +189,39 @@ mod tests {
         }
         let err = parse_cidr_list(&["10.0.0.0/8".into(), "x".into()]).unwrap_err();
         assert_eq!(err, "CIDR whitelist contains invalid CIDR entry: x");
+        // Found by the properties: a huge entry was repeated whole.
+        let err = parse_cidr_list(&["a".repeat(157)]).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "CIDR whitelist contains invalid CIDR entry: {}…",
+                "a".repeat(40)
+            )
+        );
+    }
+
+    /// Found by the properties: a mapped entry or proxy never matched, since addresses are
+    /// compared in their IPv4 form.
+    #[test]
+    fn mapped_networks_match_ipv4_addresses() {
+        let entry = parse_cidr("::ffff:0.0.0.0").unwrap();
+        assert_eq!(entry, "0.0.0.0/32".parse::<IpNet>().unwrap());
+        assert!(allowed("::ffff:0.0.0.0".parse().unwrap(), &[entry]));
+        assert_eq!(
+            parse_cidr("::ffff:10.1.0.0/104"),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
+        // A list stored before this change, or a proxy from the config, still matches.
+        let stored = nets(&["::ffff:172.16.0.0/108"]);
+        assert!(allowed("172.16.3.4".parse().unwrap(), &stored));
+        let ip = resolve("10.0.0.1".parse().unwrap(), ["0.0.0.0, 172.16.0.0"], &{
+            let mut p = nets(&["10.0.0.0/8"]);
+            p.extend(stored);
+            p
+        });
+        assert_eq!(ip, "0.0.0.0".parse::<IpAddr>().unwrap());
+        // A prefix shorter than the mapping is an IPv6 network.
+        assert_eq!(parse_cidr("::ffff:0:0/80"), Some("::/80".parse().unwrap()));
     }
 
     #[test]

@@ -403,6 +403,45 @@ impl Config {
         if self.password_min_length == 0 {
             return invalid("password_min_length", "must be at least 1");
         }
+        // Longer times overflow the calendar or the clock where they are used, and panic.
+        const CENTURY_SECS: u64 = 100 * 365 * 86_400;
+        let times = [
+            (
+                "max_token_expiry_days",
+                u64::from(self.max_token_expiry_days) * 86_400,
+            ),
+            (
+                "session_expiry_hours",
+                u64::from(self.session_expiry_hours) * 3_600,
+            ),
+            (
+                "web_session_idle_minutes",
+                u64::from(self.web_session_idle_minutes) * 60,
+            ),
+            (
+                "web_session_max_hours",
+                u64::from(self.web_session_max_hours) * 3_600,
+            ),
+            (
+                "audit_retention_days",
+                u64::from(self.audit_retention_days) * 86_400,
+            ),
+            (
+                "database_acquire_timeout_secs",
+                self.database_acquire_timeout_secs,
+            ),
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("auth_failure_window_secs", self.auth_failure_window_secs),
+            ("shutdown_timeout_secs", self.shutdown_timeout_secs),
+            ("last_used_flush_secs", self.last_used_flush_secs),
+            ("token_cache_ttl_secs", self.token_cache_ttl_secs),
+            ("change_poll_ms", self.change_poll_ms / 1000),
+            ("upstream.timeout_secs", up.timeout_secs),
+            ("upstream.connect_timeout_secs", up.connect_timeout_secs),
+        ];
+        if let Some((key, _)) = times.iter().find(|(_, secs)| *secs > CENTURY_SECS) {
+            return invalid(key, "must be at most 100 years");
+        }
         if !valid_metrics_path(&self.metrics_path) {
             return invalid(
                 "metrics_path",
@@ -597,6 +636,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("token_prefix"), "{e}");
+    }
+
+    /// Found by the properties: times past the calendar or the clock were accepted, and
+    /// panicked where they were used (a token's expiry, a timeout, the cache's TTL).
+    #[test]
+    fn times_beyond_a_century_are_refused() {
+        for text in [
+            "request_timeout_secs = 9223372036854775807",
+            "max_token_expiry_days = 4294967295",
+            "session_expiry_hours = 4294967295",
+            "token_cache_ttl_secs = 1099511627776",
+            "[upstream]\ntimeout_secs = 9223372036854775807",
+        ] {
+            let key = text
+                .trim_start_matches("[upstream]\n")
+                .split(' ')
+                .next()
+                .unwrap();
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("100 years"), "{text}: {e}");
+        }
+        assert!(Config::from_toml("max_token_expiry_days = 36500").is_ok());
     }
 
     #[test]

@@ -36,6 +36,18 @@ impl Challenge {
     }
 }
 
+/// Characters of untrusted input a message may repeat.
+pub const ECHO_CHARS: usize = 40;
+
+/// The start of untrusted input, for a message that names what was wrong without sending a
+/// huge value back (or into the logs): at most [`ECHO_CHARS`] characters, then `…`.
+pub fn clip(input: &str) -> std::borrow::Cow<'_, str> {
+    match input.char_indices().nth(ECHO_CHARS) {
+        Some((end, _)) => format!("{}…", &input[..end]).into(),
+        None => input.into(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]

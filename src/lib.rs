@@ -28,6 +28,7 @@ pub mod token_usage;
 pub mod totp;
 pub mod web;
 
+pub use observe::fit_request_id;
 pub use server::serve;
 
 use crate::config::Config;

@@ -1,5 +1,7 @@
 //! npm's naming rules for users, packages, scopes and orgs.
 
+use crate::error::clip;
+
 /// npm's rules for user names (npm-user-validate): lowercase, URL-safe, not starting with a dot.
 pub fn validate_username(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -9,14 +11,18 @@ pub fn validate_username(name: &str) -> Result<(), String> {
         return Err("A user name may be at most 214 characters long.".into());
     }
     if name.to_lowercase() != name {
-        return Err(format!("The user name {name:?} must be lowercase."));
+        return Err(format!("The user name {:?} must be lowercase.", clip(name)));
     }
     if name.starts_with('.') {
-        return Err(format!("The user name {name:?} may not start with a dot."));
+        return Err(format!(
+            "The user name {:?} may not start with a dot.",
+            clip(name)
+        ));
     }
     if !name.bytes().all(is_url_safe) {
         return Err(format!(
-            "The user name {name:?} may contain only letters, digits and - _ . ! ~ * ' ( )."
+            "The user name {:?} may contain only letters, digits and - _ . ! ~ * ' ( ).",
+            clip(name)
         ));
     }
     Ok(())
@@ -35,7 +41,7 @@ pub fn validate_email(email: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{email:?} is not a valid e-mail address."))
+        Err(format!("{:?} is not a valid e-mail address.", clip(email)))
     }
 }
 
@@ -61,14 +67,16 @@ pub fn validate_package(name: &str) -> Result<(), String> {
             Some(scoped) => scoped
                 .split_once('/')
                 .is_some_and(|(scope, pkg)| valid_part(scope) && valid_part(pkg)),
-            None => valid_part(name) && name != "node_modules" && name != "favicon.ico",
+            // `-` is the path of npm's own namespace (`/-/…`): no request can reach it.
+            None => valid_part(name) && !matches!(name, "node_modules" | "favicon.ico" | "-"),
         };
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a valid package name: use lowercase letters, digits, - . _ ~, \
-             optionally as @scope/name."
+            "{:?} is not a valid package name: use lowercase letters, digits, - . _ ~, \
+             optionally as @scope/name.",
+            clip(name)
         ))
     }
 }
@@ -80,7 +88,8 @@ pub fn normalize_scope(scope: &str) -> Result<String, String> {
         Ok(format!("@{bare}"))
     } else {
         Err(format!(
-            "{scope:?} is not a valid scope: use @ followed by lowercase letters, digits, - . _ ~."
+            "{:?} is not a valid scope: use @ followed by lowercase letters, digits, - . _ ~.",
+            clip(scope)
         ))
     }
 }
@@ -92,7 +101,8 @@ pub fn normalize_org(org: &str) -> Result<String, String> {
         Ok(bare.to_owned())
     } else {
         Err(format!(
-            "{org:?} is not a valid org name: use lowercase letters, digits, - . _ ~."
+            "{:?} is not a valid org name: use lowercase letters, digits, - . _ ~.",
+            clip(org)
         ))
     }
 }
@@ -145,9 +155,32 @@ mod tests {
             "node_modules",
             "@acme/x/y",
             "x!",
+            // Found by the properties: `/-` is no package's path.
+            "-",
         ] {
             assert!(validate_package(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the properties: a refusal repeated a name of any length (a body may be 1 MiB).
+    #[test]
+    fn refusals_repeat_only_the_start_of_a_long_name() {
+        let long = "  \u{1d552}".repeat(34);
+        for msg in [
+            validate_username(&long),
+            validate_email(&long),
+            validate_package(&long),
+            normalize_scope(&long).map(drop),
+            normalize_org(&long).map(drop),
+        ] {
+            let msg = msg.unwrap_err();
+            assert!(msg.len() < 300 && msg.contains('…'), "{msg}");
+        }
+        assert_eq!(
+            validate_package("Bad").unwrap_err(),
+            "\"Bad\" is not a valid package name: use lowercase letters, digits, - . _ ~, \
+             optionally as @scope/name."
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ fn request_id(req: &Request) -> HeaderValue {
     }
 }
 
-pub(crate) fn fit_request_id(id: &[u8]) -> bool {
+/// Whether a client's `x-request-id` may be kept: 1 to 64 plain characters.
+pub fn fit_request_id(id: &[u8]) -> bool {
     (1..=64).contains(&id.len())
         && id
             .iter()

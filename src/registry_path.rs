@@ -148,10 +148,11 @@ pub fn route(method: &Method, path: &str, prefix: &str) -> Route {
     };
     let read = method == Method::GET || method == Method::HEAD;
     let raw: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if raw.iter().any(|seg| {
-        let d = decode(seg);
-        d == "." || d == ".." || d.ends_with("/..") || d.starts_with("../") || d.contains("/../")
-    }) {
+    // A decoded segment may hold encoded slashes (`@scope%2f.`): each piece counts.
+    if raw
+        .iter()
+        .any(|seg| decode(seg).split('/').any(|p| p == "." || p == ".."))
+    {
         return Route::plain(Operation::DotSegments);
     }
     if raw.first() == Some(&"-") {
@@ -263,17 +264,51 @@ fn is_couch_user(segment: &str) -> bool {
     lower.starts_with("org.couchdb.user:") || lower.starts_with("org.couchdb.user%3a")
 }
 
-/// Replaces the secret part of paths that carry a token, for logs.
+/// Replaces the secret part of paths that carry a token, for logs: everything after a logout
+/// or revoke marker but a short head, and any run of letters and digits as long as a token's
+/// body wherever else it sits (a token sent to a wrong path must not reach the log either).
 pub fn redact_path(path: &str) -> String {
-    for marker in ["/-/user/token/", "/-/npm/v1/tokens/token/"] {
-        if let Some(i) = path.find(marker) {
-            let rest = &path[i + marker.len()..];
-            // A 128-hex key is not a secret, but a raw token is: keep only a short head.
-            let shown: String = rest.chars().take(6).collect();
-            return format!("{}{shown}…", &path[..i + marker.len()]);
+    let marker = ["/-/user/token/", "/-/npm/v1/tokens/token/"]
+        .iter()
+        .filter_map(|m| path.find(m).map(|i| i + m.len()))
+        .min();
+    let Some(end) = marker else {
+        return mask_long_runs(path);
+    };
+    // A 128-hex key is not a secret, but a raw token is: keep only a short head.
+    let shown: String = path[end..].chars().take(SHOWN_CHARS).collect();
+    format!("{}{shown}…", mask_long_runs(&path[..end]))
+}
+
+/// Characters of a secret that a redacted path keeps.
+const SHOWN_CHARS: usize = 6;
+
+/// Runs of ASCII letters and digits at least as long as a token's random part and checksum
+/// keep their first few characters only.
+fn mask_long_runs(path: &str) -> String {
+    const TOKEN_BODY: usize = crate::token::RANDOM_LEN + crate::token::CHECKSUM_LEN;
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        if i - start >= TOKEN_BODY {
+            // ASCII boundaries are char boundaries.
+            out.push_str(&path[copied..start + SHOWN_CHARS]);
+            out.push('…');
+            copied = i;
         }
     }
-    path.to_owned()
+    out.push_str(&path[copied..]);
+    out
 }
 
 #[cfg(test)]
@@ -547,5 +582,36 @@ mod tests {
             "/-/npm/v1/tokens/token/npm_zz…"
         );
         assert_eq!(redact_path("/-/whoami"), "/-/whoami");
+        // Found by the properties: the later marker was used when both appear, and a token
+        // elsewhere in the path was logged whole.
+        let token = "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";
+        assert_eq!(
+            redact_path(&format!("/-/npm/v1/tokens/token/{token}/-/user/token/x")),
+            "/-/npm/v1/tokens/token/npm_0a…"
+        );
+        assert_eq!(redact_path(&format!("//_{}/", &token[4..])), "//_0a0a0A…/");
+        assert_eq!(
+            redact_path("/lodash/-/lodash-4.17.21.tgz"),
+            "/lodash/-/lodash-4.17.21.tgz"
+        );
+    }
+
+    /// Found by the properties: a `.` hidden behind an encoded slash was let through.
+    #[test]
+    fn dot_segments_behind_encoded_slashes() {
+        for path in [
+            "/a%2f%2e",
+            "/@corp%2f.",
+            "/@corp%2F.%2Fpkg",
+            "/.%2Fx",
+            "/-/package/@corp%2f./dist-tags",
+        ] {
+            assert_eq!(
+                classify(&Method::GET, path),
+                Operation::DotSegments,
+                "{path}"
+            );
+        }
+        assert_eq!(classify(&Method::GET, "/a..b"), Operation::PackageRead);
     }
 }

@@ -120,7 +120,7 @@ fn lower_hex(bytes: &[u8]) -> String {
 }
 
 /// CRC32 of the random part, as 6 base62 digits (62^6 > 2^32).
-fn checksum(random: &str) -> String {
+pub fn checksum(random: &str) -> String {
     let mut n = crc32fast::hash(random.as_bytes()) as u64;
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {

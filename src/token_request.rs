@@ -148,7 +148,8 @@ fn permission(field: &str, value: Option<&str>) -> Result<Option<Permission>, St
             Permission::parse(v).ok_or_else(|| {
                 format!(
                     "{field} must be one of no-access, read-only, read-write, \
-                     read-write-stage-only; got {v:?}."
+                     read-write-stage-only; got {:?}.",
+                    crate::error::clip(v)
                 )
             })
         })

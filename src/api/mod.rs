@@ -88,7 +88,8 @@ fn describe(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     for lead in ["invalid type: ", "invalid value: ", "invalid length "] {
         if let Some(rest) = msg.strip_prefix(lead) {
-            if let Some(i) = rest.find(", expected") {
+            // The value comes first and may itself hold ", expected": cut at the last one.
+            if let Some(i) = rest.rfind(", expected") {
                 let kind = rest[..i].split_whitespace().next().unwrap_or("value");
                 return format!("{lead}{kind}{}", &rest[i..]);
             }
@@ -142,6 +143,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `nope`"), "{e}");
+        // Found by the properties: a value holding ", expected" was shown from there on.
+        let e = parse_json::<B>(br#"{"password": "x", "flag": "Zq 00?, expected a  00?"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("00?"), "{e}");
+        assert!(
+            e.contains("invalid type: string, expected a boolean"),
+            "{e}"
+        );
         let e = parse_json::<B>(b"{").unwrap_err().to_string();
         assert!(e.contains("Invalid JSON body"), "{e}");
         let e = parse_json::<B>(b"").unwrap_err().to_string();
