@@ -4,15 +4,29 @@
 use crate::store::{Store, TokenUse};
 use crate::token::TokenKey;
 use chrono::{DateTime, Utc};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Pending uses are spread over this many locks (by the key's first hex digit), so the worker
+/// threads of a busy server do not queue on one lock.
+const SHARDS: usize = 16;
+
+type Pending = HashMap<TokenKey, (DateTime<Utc>, IpAddr)>;
+
 pub struct UsageTracker {
     store: Arc<dyn Store>,
     /// Newest use per token; turned into `TokenUse` rows only when flushed.
-    pending: Mutex<HashMap<TokenKey, (DateTime<Utc>, IpAddr)>>,
+    pending: [Mutex<Pending>; SHARDS],
+}
+
+thread_local! {
+    /// The use this thread noted last (tracker, key fingerprint, second, address): a token used
+    /// again in the same second from the same address needs no lock at all. The stored time is
+    /// then at most a second older than the last use.
+    static LAST_NOTED: Cell<Option<(usize, u64, i64, IpAddr)>> = const { Cell::new(None) };
 }
 
 impl UsageTracker {
@@ -20,7 +34,7 @@ impl UsageTracker {
     pub fn start(store: Arc<dyn Store>, every: Duration) -> Arc<UsageTracker> {
         let tracker = Arc::new(UsageTracker {
             store,
-            pending: Mutex::new(HashMap::new()),
+            pending: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         });
         let weak = Arc::downgrade(&tracker);
         tokio::spawn(async move {
@@ -40,8 +54,23 @@ impl UsageTracker {
     /// Notes a use; cheap: a map update under a short lock, no allocation for a token already
     /// pending.
     pub fn record(&self, key: &TokenKey, client: IpAddr) {
-        let used = (Utc::now(), client);
-        let mut pending = self.pending.lock().expect("usage lock");
+        let now = Utc::now();
+        let fingerprint = key
+            .0
+            .get(..16)
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or_default();
+        let noted = (
+            self as *const Self as usize,
+            fingerprint,
+            now.timestamp(),
+            client,
+        );
+        if LAST_NOTED.replace(Some(noted)) == Some(noted) {
+            return;
+        }
+        let used = (now, client);
+        let mut pending = self.shard(key).lock().expect("usage lock");
         match pending.get_mut(key) {
             Some(entry) => *entry = used,
             None => {
@@ -50,29 +79,32 @@ impl UsageTracker {
         }
     }
 
+    fn shard(&self, key: &TokenKey) -> &Mutex<Pending> {
+        let first = key.0.as_bytes().first().copied().unwrap_or_default();
+        &self.pending[usize::from(first) % SHARDS]
+    }
+
     /// Writes the pending uses now.
     pub async fn flush(&self) {
-        let batch: Vec<TokenUse> = {
-            let mut pending = self.pending.lock().expect("usage lock");
-            if pending.is_empty() {
-                return;
-            }
-            std::mem::take(&mut *pending)
-                .into_iter()
-                .map(|(key, (at, client))| TokenUse {
-                    key,
-                    at,
-                    client: client.to_string(),
-                })
-                .collect()
-        };
+        let mut batch: Vec<TokenUse> = Vec::new();
+        for shard in &self.pending {
+            let taken = std::mem::take(&mut *shard.lock().expect("usage lock"));
+            batch.extend(taken.into_iter().map(|(key, (at, client))| TokenUse {
+                key,
+                at,
+                client: client.to_string(),
+            }));
+        }
+        if batch.is_empty() {
+            return;
+        }
         if let Err(e) = self.store.record_token_uses(&batch).await {
             // Kept for the next flush (unless a newer use came in meanwhile), so a database
             // outage delays these times instead of losing them.
             tracing::warn!(error = %e, tokens = batch.len(), "last-used times not stored yet; retried at the next flush");
-            let mut pending = self.pending.lock().expect("usage lock");
             for u in batch {
                 if let Ok(client) = u.client.parse() {
+                    let mut pending = self.shard(&u.key).lock().expect("usage lock");
                     pending.entry(u.key).or_insert((u.at, client));
                 }
             }
