@@ -45,7 +45,8 @@ pub struct Config {
     /// Longest time a client may take to send a request's headers, and longest a kept-alive
     /// connection may stay idle; then the connection is closed.
     pub header_timeout_secs: u64,
-    /// Longest pause allowed while a request body arrives; then the request is answered 408.
+    /// Longest pause allowed while a request body arrives (a JSON body is then answered 408; a
+    /// forwarded upload is cut off).
     pub body_timeout_secs: u64,
     /// Largest request head (request line and headers), in bytes; larger heads are answered 431.
     pub max_header_bytes: usize,
@@ -337,8 +338,8 @@ impl Config {
         if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
             return invalid("max_header_bytes", "must be between 8192 and 1048576");
         }
-        if self.max_connections == 0 {
-            return invalid("max_connections", "must be at least 1");
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return invalid("max_connections", "must be between 1 and 1000000");
         }
         if self.auth_failure_limit == 0 || self.auth_failure_window_secs == 0 {
             return invalid(
@@ -431,6 +432,8 @@ impl Config {
                 self.database_acquire_timeout_secs,
             ),
             ("request_timeout_secs", self.request_timeout_secs),
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
             ("auth_failure_window_secs", self.auth_failure_window_secs),
             ("shutdown_timeout_secs", self.shutdown_timeout_secs),
             ("last_used_flush_secs", self.last_used_flush_secs),

@@ -43,7 +43,9 @@ fn hashing_pool() -> &'static std::sync::mpsc::Sender<Job> {
     })
 }
 
-/// Lowers the calling thread's priority (on Linux, nice values are per thread).
+/// Lowers the calling thread's priority. Only on Linux, where nice values are per thread
+/// (elsewhere the call would renice the whole process).
+#[cfg(target_os = "linux")]
 fn lower_priority() {
     // SAFETY: setpriority has no memory effects; `who = 0` is the calling thread on Linux.
     let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } != 0;
@@ -52,6 +54,9 @@ fn lower_priority() {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
 /// Runs `work` on the hashing pool.
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
@@ -59,7 +64,11 @@ async fn bounded<T: Send + 'static>(
     let (done, result) = tokio::sync::oneshot::channel();
     hashing_pool()
         .send(Box::new(move || {
-            let _ = done.send(work());
+            // A request that gave up (deadline, client gone) while its job waited in the queue
+            // costs no hashing: the cores go to the requests still waiting.
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
         }))
         .map_err(|_| anyhow::anyhow!("the password hashing pool has stopped"))?;
     result

@@ -25,7 +25,8 @@ pub struct UsageTracker {
 thread_local! {
     /// The use this thread noted last (tracker, key fingerprint, second, address): a token used
     /// again in the same second from the same address needs no lock at all. The stored time is
-    /// then at most a second older than the last use.
+    /// then at most a second older than the last use, and when two addresses use one token in
+    /// the same second the one stored may not be the very last.
     static LAST_NOTED: Cell<Option<(usize, u64, i64, IpAddr)>> = const { Cell::new(None) };
 }
 
@@ -80,8 +81,8 @@ impl UsageTracker {
     }
 
     fn shard(&self, key: &TokenKey) -> &Mutex<Pending> {
-        let first = key.0.as_bytes().first().copied().unwrap_or_default();
-        &self.pending[usize::from(first) % SHARDS]
+        let first = key.0.chars().next().and_then(|c| c.to_digit(16));
+        &self.pending[first.unwrap_or_default() as usize % SHARDS]
     }
 
     /// Writes the pending uses now.
