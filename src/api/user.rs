@@ -130,6 +130,35 @@ fn user_from_id(id: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+/// What npm's login (`login` and its `-rev` retry) can answer, for the API description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum LoginResponses {
+    /// Logged in (or the account was created): a new session token.
+    #[response(status = 201)]
+    LoggedIn(LoginAnswer),
+    /// The body is not a valid user document, the password is missing, the names differ, or the
+    /// new account's name, email or password is not acceptable.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Wrong name or password (no challenge), or a one-time password is needed
+    /// (`WWW-Authenticate: OTP`).
+    #[response(status = 401, headers(("WWW-Authenticate" = String)))]
+    Unauthorized(ErrorBody),
+    /// The account is disabled, or registration is closed.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// The path is not `org.couchdb.user:NAME`.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The body is larger than `max_body_bytes`.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Too many failed attempts for this account from this address.
+    #[response(status = 429, headers(("Retry-After" = i64)))]
+    TooMany(ErrorBody),
+}
+
 /// `PUT /-/user/org.couchdb.user:NAME`
 #[utoipa::path(
     put,
@@ -142,22 +171,7 @@ fn user_from_id(id: &str) -> Result<String, ApiError> {
         OtpHeader,
     ),
     request_body = LoginBody,
-    responses(
-        (status = 201, description = "Logged in (or the account was created): a new session token.",
-            body = LoginAnswer),
-        (status = 400, description = "The body is not a valid user document, the password is \
-            missing, the names differ, or the new account's name, email or password is not \
-            acceptable.", body = ErrorBody),
-        (status = 401, description = "Wrong name or password (no challenge), or a one-time \
-            password is needed (`WWW-Authenticate: OTP`).", body = ErrorBody,
-            headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "The account is disabled, or registration is closed.",
-            body = ErrorBody),
-        (status = 404, description = "The path is not `org.couchdb.user:NAME`.", body = ErrorBody),
-        (status = 413, description = "The body is larger than `max_body_bytes`.", body = ErrorBody),
-        (status = 429, description = "Too many failed attempts for this account from this address.",
-            body = ErrorBody, headers(("Retry-After" = i64))),
-    )
+    responses(LoginResponses)
 )]
 pub async fn login(
     State(state): State<AppState>,
@@ -182,22 +196,7 @@ pub async fn login(
         OtpHeader,
     ),
     request_body = LoginBody,
-    responses(
-        (status = 201, description = "Logged in (or the account was created): a new session token.",
-            body = LoginAnswer),
-        (status = 400, description = "The body is not a valid user document, the password is \
-            missing, the names differ, or the new account's name, email or password is not \
-            acceptable.", body = ErrorBody),
-        (status = 401, description = "Wrong name or password (no challenge), or a one-time \
-            password is needed (`WWW-Authenticate: OTP`).", body = ErrorBody,
-            headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "The account is disabled, or registration is closed.",
-            body = ErrorBody),
-        (status = 404, description = "The path is not `org.couchdb.user:NAME`.", body = ErrorBody),
-        (status = 413, description = "The body is larger than `max_body_bytes`.", body = ErrorBody),
-        (status = 429, description = "Too many failed attempts for this account from this address.",
-            body = ErrorBody, headers(("Retry-After" = i64))),
-    )
+    responses(LoginResponses)
 )]
 pub async fn login_rev(
     State(state): State<AppState>,
