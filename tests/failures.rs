@@ -14,7 +14,7 @@ mod common;
 
 use common::{add_user, binary, TestDb, BACKENDS};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -294,25 +294,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tokengate");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    let addr: String = line[i + "listening on http://".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (log, rx, _reader) = common::follow_log(child.stderr.take().unwrap());
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(addr) => addr.parse().expect("listen address"),
             Err(_) => {

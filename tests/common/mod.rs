@@ -139,6 +139,36 @@ pub fn add_user(db: &TestDb, name: &str, password: &str) {
     );
 }
 
+/// The lines a server process writes to `stderr`, kept as they arrive, and its address once it
+/// logs `listening on http://ADDR`. The thread ends (its handle joins) when the process exits.
+pub fn follow_log(
+    stderr: std::process::ChildStderr,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening on http://") {
+                let addr: String = line[i + "listening on http://".len()..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (log, rx, reader)
+}
+
 /// A `tokengate serve` process on a free loopback port, stopped when dropped.
 pub struct Server {
     pub base: String,
@@ -164,25 +194,7 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start tokengate");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    let addr: String = line[i + "listening on http://".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (log, rx, _reader) = follow_log(child.stderr.take().unwrap());
         let addr = rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("tokengate did not start: {:?}", log.lock().unwrap()));
