@@ -99,22 +99,39 @@ impl SqlStore {
         self.pool.close().await;
     }
 
-    /// Forgets a committed change here at once and wakes the other replicas (PostgreSQL), which
-    /// read its event (written by [`record_change`] in the same transaction as the change).
-    async fn announce(&self, change: Change) {
-        if let Some(cache) = self.cache.get() {
-            cache.forget(&change);
-        }
+    /// Writes the event of a change every replica's verification cache must see, in the
+    /// transaction that makes the change: the change is never stored without its event. On
+    /// PostgreSQL the NOTIFY that wakes the other replicas is part of the same transaction, so
+    /// it is delivered exactly when the change commits.
+    async fn record_change(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        change: &Change,
+    ) -> StoreResult<()> {
+        let (key, user) = match change {
+            Change::Token(k) => (Some(k.0.as_str()), None),
+            Change::User(id) => (None, Some(*id)),
+        };
+        sqlx::query("INSERT INTO cache_events (token_key, user_id, at_ms) VALUES ($1, $2, $3)")
+            .bind(key)
+            .bind(user)
+            .bind(ms(Utc::now()))
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
         if self.backend == Backend::Postgres {
-            let _ = sqlx::query("SELECT pg_notify('tokengate_changes', '')")
-                .execute(&self.pool)
-                .await;
+            sqlx::query("SELECT pg_notify('tokengate_changes', '')")
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
         }
+        Ok(())
     }
 
-    fn forget_user_locally(&self, user_id: i64) {
+    /// Forgets a change in this replica's cache at once (others learn it from its event).
+    fn forget_locally(&self, change: &Change) {
         if let Some(cache) = self.cache.get() {
-            cache.forget(&Change::User(user_id));
+            cache.forget(change);
         }
     }
 
@@ -371,23 +388,6 @@ fn classify_code(sqlite: bool, code: &str) -> Fault {
         }
         _ => Fault::Other,
     }
-}
-
-/// Writes the event of a change every replica's verification cache must see, in the
-/// transaction that makes the change: the change is never stored without its event.
-async fn record_change(tx: &mut Transaction<'_, Any>, change: &Change) -> StoreResult<()> {
-    let (key, user) = match change {
-        Change::Token(k) => (Some(k.0.as_str()), None),
-        Change::User(id) => (None, Some(*id)),
-    };
-    sqlx::query("INSERT INTO cache_events (token_key, user_id, at_ms) VALUES ($1, $2, $3)")
-        .bind(key)
-        .bind(user)
-        .bind(ms(Utc::now()))
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
-    Ok(())
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -648,9 +648,9 @@ impl Store for SqlStore {
                 .await
                 .map_err(map_err)?;
         }
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(revoked)
     }
 
@@ -672,9 +672,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(())
     }
 
@@ -708,9 +708,9 @@ impl Store for SqlStore {
             .await
             .map_err(map_err)?;
         }
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(true)
     }
 
@@ -723,9 +723,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(())
     }
 
@@ -745,9 +745,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(())
     }
 
@@ -763,7 +763,7 @@ impl Store for SqlStore {
         .await
         .map_err(map_err)?;
         // The owner's cached last step is only a hint (this UPDATE decides), so no event.
-        self.forget_user_locally(user_id);
+        self.forget_locally(&Change::User(user_id));
         Ok(done.rows_affected() > 0)
     }
 
@@ -802,9 +802,9 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(())
     }
 
@@ -820,9 +820,9 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(done.rows_affected())
     }
 
@@ -915,11 +915,11 @@ impl Store for SqlStore {
         let revoked = done.rows_affected() > 0;
         let change = Change::Token(key.clone());
         if revoked {
-            record_change(&mut tx, &change).await?;
+            self.record_change(&mut tx, &change).await?;
         }
         tx.commit().await.map_err(map_err)?;
         if revoked {
-            self.announce(change).await;
+            self.forget_locally(&change);
         }
         Ok(revoked)
     }
@@ -940,9 +940,9 @@ impl Store for SqlStore {
                 .await
                 .map_err(map_err)?;
         }
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(())
     }
 
@@ -981,9 +981,9 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        record_change(&mut tx, &Change::User(user_id)).await?;
+        self.record_change(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(map_err)?;
-        self.announce(Change::User(user_id)).await;
+        self.forget_locally(&Change::User(user_id));
         Ok(done.rows_affected())
     }
 
