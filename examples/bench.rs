@@ -6,6 +6,10 @@
 //!   as the upstream registry for proxied reads.
 //! - `bench seed --database-url URL --user NAME --tokens N --out FILE`: creates the user (if
 //!   missing) and N publish tokens in batches, and writes the first 1000 tokens to FILE.
+//! - `bench inproc --database-url URL --tokens FILE [--requests N]`: calls tokengate's whole
+//!   application (every layer, the gate and the handler, no network) with authenticated
+//!   `GET /-/whoami` requests on one thread, and prints the time per request. It isolates the
+//!   application's own cost from HTTP parsing and TCP, which the wrk runs cannot.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -124,6 +128,57 @@ async fn seed(url: &str, user: &str, count: usize, out: &str) -> anyhow::Result<
     Ok(())
 }
 
+async fn inproc(url: &str, tokens_file: &str, requests: u32) -> anyhow::Result<()> {
+    use tower::ServiceExt;
+    let token = std::fs::read_to_string(tokens_file)?
+        .lines()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no token in {tokens_file}"))?
+        .to_owned();
+    let config = tokengate::config::Config {
+        database_url: url.into(),
+        ..Default::default()
+    };
+    let pool = PoolSettings {
+        max_connections: 4,
+        acquire_timeout: std::time::Duration::from_secs(5),
+    };
+    let store = Arc::new(SqlStore::connect(url, &pool).await?);
+    let settings = tokengate::store::cache::CacheSettings {
+        capacity: config.token_cache_capacity,
+        ttl: std::time::Duration::from_secs(config.token_cache_ttl_secs),
+        poll: std::time::Duration::from_millis(config.change_poll_ms),
+    };
+    store.enable_cache(settings, url).await?;
+    let state = tokengate::AppState::new(config, store, tokengate::keyring::KeyRing::generate());
+    let app = tokengate::app(state);
+    let peer: std::net::SocketAddr = "127.0.0.1:40000".parse()?;
+    let request = || {
+        let mut req = axum::http::Request::get("/-/whoami")
+            .header("authorization", format!("Bearer {token}"))
+            .header(
+                "user-agent",
+                "npm/11.0.0 node/v22.0.0 linux x64 workspaces/false",
+            )
+            .body(axum::body::Body::empty())
+            .expect("a valid request");
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req
+    };
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        for _ in 0..requests {
+            let response = app.clone().oneshot(request()).await?;
+            anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
+            let _ = axum::body::to_bytes(response.into_body(), 1024).await?;
+        }
+        let per = started.elapsed() / requests;
+        println!("round {round}: {requests} requests, {per:?} per request");
+    }
+    Ok(())
+}
+
 fn arg(args: &[String], name: &str) -> anyhow::Result<String> {
     args.iter()
         .position(|a| a == name)
@@ -145,6 +200,10 @@ async fn main() -> anyhow::Result<()> {
                 &arg(&args, "--out")?,
             )
             .await
+        }
+        Some("inproc") => {
+            let requests = arg(&args, "--requests").map_or(Ok(200_000), |n| n.parse())?;
+            inproc(&arg(&args, "--database-url")?, &arg(&args, "--tokens")?, requests).await
         }
         _ => anyhow::bail!("usage: bench floor --listen ADDR --tokens FILE | bench seed --database-url URL --user NAME --tokens N --out FILE"),
     }

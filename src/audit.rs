@@ -73,7 +73,8 @@ impl Event {
 #[derive(Clone, Debug)]
 pub struct RequestMeta {
     pub client: IpAddr,
-    pub user_agent: Option<String>,
+    /// As sent; cleaned only when an event is recorded (most requests record none).
+    pub user_agent: Option<axum::http::HeaderValue>,
 }
 
 tokio::task_local! {
@@ -107,7 +108,9 @@ pub fn event(
         user: user.map(str::to_owned),
         key_id: key.map(|k| k.short().to_owned()),
         client: meta.as_ref().map(|m| m.client.to_string()),
-        user_agent: meta.and_then(|m| m.user_agent),
+        user_agent: meta
+            .and_then(|m| m.user_agent)
+            .and_then(|ua| ua.to_str().ok().map(clean_user_agent)),
         detail,
     }
 }

@@ -5,16 +5,15 @@ use crate::client_ip;
 use crate::error::{ApiError, Challenge};
 use crate::metrics::{self, AuthOutcome};
 use crate::policy::{self, Credential, Requirement};
-use crate::registry_path::{route, Route};
+use crate::registry_path::Route;
 use crate::store::User;
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
 use crate::{attempts, audit, second_factor};
 use axum::extract::connect_info::MockConnectInfo;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::Utc;
@@ -45,7 +44,17 @@ pub struct MaybePrincipal(pub Option<Principal>);
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
 
-pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+static X_FORWARDED_FOR: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-forwarded-for");
+
+/// Runs the gate for one request (`route`: what [`crate::registry_path::route`] made of it), then `next` (the
+/// handler) when the request may go ahead. `next` runs with the request's origin set for the
+/// audit events it records.
+pub async fn gate<N, F>(state: &AppState, mut req: Request, route: Route, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: std::future::Future<Output = Response>,
+{
     let extensions = req.extensions();
     let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -58,43 +67,50 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let forwarded = req
         .headers()
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok());
     let client = client_ip::resolve(peer, forwarded, &state.config.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(client));
     let meta = audit::RequestMeta {
         client,
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(audit::clean_user_agent),
+        user_agent: req.headers().get(header::USER_AGENT).cloned(),
     };
-    audit::within(meta, admit(state, req, next, client)).await
+    audit::within(meta, admit(state, req, route, next, client)).await
 }
 
 /// The gate's decision for one request, then the handler.
-async fn admit(state: AppState, mut req: Request, next: Next, client: IpAddr) -> Response {
-    let route = route(req.method(), req.uri().path(), "");
-    req.extensions_mut().insert(route.op);
+async fn admit<N, F>(
+    state: &AppState,
+    mut req: Request,
+    route: Route,
+    next: N,
+    client: IpAddr,
+) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: std::future::Future<Output = Response>,
+{
     let mut caller = None;
-    match decide(&state, &route, req.headers(), client).await {
+    match decide(state, &route, req.headers(), client).await {
         Ok(Decision::Open) | Ok(Decision::Anonymous) => {}
         Ok(Decision::Lenient(who)) => {
             req.extensions_mut().insert(MaybePrincipal(who.map(|p| *p)));
         }
         Ok(Decision::Allowed(principal)) => {
-            caller = Some(crate::LoggedCaller {
-                user: principal.user.name.clone(),
-                key_id: principal.token_key().map(|k| k.short().to_owned()),
-            });
+            // Only the access log reads it; spare the copies when it is off.
+            if tracing::enabled!(tracing::Level::INFO) {
+                caller = Some(crate::LoggedCaller {
+                    user: principal.user.name.clone(),
+                    key_id: principal.token_key().map(|k| k.short().to_owned()),
+                });
+            }
             req.extensions_mut().insert(*principal);
         }
         Err(e) => return e.into_response(),
     }
     req.extensions_mut().insert(route);
-    let mut response = next.run(req).await;
+    let mut response = next(req).await;
     if let Some(caller) = caller {
         response.extensions_mut().insert(caller);
     }

@@ -37,7 +37,6 @@ use crate::keyring::KeyRing;
 use crate::rate_limit::FailureLimiter;
 use crate::store::Store;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 use std::sync::Arc;
@@ -122,7 +121,8 @@ pub struct LoggedCaller {
 }
 
 /// The header that carries a request's id, in both directions.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-request-id");
 
 /// The whole HTTP application; shared by `main` and the tests.
 pub fn app(state: AppState) -> Router {
@@ -153,16 +153,15 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/-/auth/verify", any(api::verify::verify))
         .fallback(proxy::forward)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), auth::gate));
-    // Added after the gate's layer, so the gate does not run for it: scrapers have no npm
-    // credentials, and the metrics hold no secrets (routes are templates, not paths).
+        .method_not_allowed_fallback(method_not_allowed);
+    // The observe layer runs the gate for every route but this one.
     let router = match state.config.metrics_path.as_str() {
         "" => router,
         path => router.route(path, get(metrics::endpoint).fallback(method_not_allowed)),
     };
     // One layer (one boxed route per request) for everything that wraps every request.
     let observe = observe::ObserveLayer {
+        gate: Some(state.clone()),
         deadline: Duration::from_secs(state.config.request_timeout_secs),
         forwarding: state.upstream.is_some(),
     };

@@ -1,11 +1,11 @@
-//! The one layer every request passes first: its id (the client's when short and plain, else a
-//! new UUID), the request deadline, a panic answered 500, the access log line and the request
-//! metrics. One hand-written service instead of a stack of `from_fn` layers: each of those
-//! clones the boxed route and boxes a future per request, which showed in the profile of the
-//! per-request check (docs/performance.md).
+//! The one layer every request passes: its id (the client's when short and plain, else a new
+//! UUID), the request deadline, a panic answered 500, the gate ([`crate::auth::gate`]), the
+//! access log line and the request metrics. One hand-written service instead of a stack of
+//! `from_fn` layers: each of those clones the boxed route and boxes a future per request, which
+//! showed in the profile of the per-request check (docs/performance.md).
 
 use crate::error::ApiError;
-use crate::{metrics, registry_path, LoggedCaller, REQUEST_ID_HEADER};
+use crate::{auth, metrics, registry_path, AppState, LoggedCaller, REQUEST_ID_HEADER};
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
@@ -18,8 +18,10 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Settings of [`Observe`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct ObserveLayer {
+    /// Runs the gate before every route but the metrics endpoint; `None`: no gate (tests).
+    pub gate: Option<AppState>,
     /// Requests taking longer are answered 503.
     pub deadline: Duration,
     /// Registry requests are forwarded upstream: they have the upstream's own timeout instead
@@ -33,7 +35,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Observe<S> {
         Observe {
             inner,
-            settings: *self,
+            settings: self.clone(),
         }
     }
 }
@@ -62,24 +64,43 @@ where
         let id = request_id(&req);
         req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
         let method = req.method().clone();
-        let uri = req.uri().clone();
+        // Only the access log needs the path afterwards; a copy costs an allocation.
+        let logged_uri = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().clone());
         let route = req.extensions().get::<MatchedPath>().cloned();
-        let deadline = (!(self.settings.forwarding
-            && registry_path::classify(&method, uri.path()).is_registry()))
-        .then_some(self.settings.deadline);
+        // Scrapers have no npm credentials, and the metrics hold no secrets.
+        let gate = self.settings.gate.clone().filter(|state| {
+            route.as_ref().map(|r| r.as_str()) != Some(state.config.metrics_path.as_str())
+        });
+        // What the request is for, once, for the gate and the deadline.
+        let operation = (gate.is_some() || self.settings.forwarding)
+            .then(|| registry_path::route(&method, req.uri().path(), ""));
+        let forwarded =
+            self.settings.forwarding && operation.as_ref().is_some_and(|r| r.op.is_registry());
+        let deadline = (!forwarded).then_some(self.settings.deadline);
         // The ready service answers this request; a fresh clone waits for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
         let answer = async move {
-            let handled = AssertUnwindSafe(inner.call(req)).catch_unwind();
+            let handled = async move {
+                let next = |req| async move {
+                    let Ok(response) = inner.call(req).await;
+                    response
+                };
+                match (gate, operation) {
+                    (Some(state), Some(operation)) => {
+                        auth::gate(&state, req, operation, next).await
+                    }
+                    _ => next(req).await,
+                }
+            };
+            let handled = AssertUnwindSafe(handled).catch_unwind();
             let outcome = match deadline {
                 Some(limit) => tokio::time::timeout(limit, handled).await.ok(),
                 None => Some(handled.await),
             };
             match outcome {
-                Some(Ok(Ok(response))) => response,
-                Some(Ok(Err(never))) => match never {},
+                Some(Ok(response)) => response,
                 Some(Err(_panic)) => {
                     ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
                 }
@@ -93,7 +114,7 @@ where
                 let took = started.elapsed();
                 let status = response.status();
                 metrics::observe_request(&method, route.as_ref().map(|r| r.as_str()), status, took);
-                if tracing::enabled!(tracing::Level::INFO) {
+                if let Some(uri) = logged_uri {
                     let caller = response.extensions().get::<LoggedCaller>();
                     tracing::info!(
                         %method,
@@ -117,7 +138,7 @@ where
 /// The client's `x-request-id` when it sent exactly one that is short and plain (UUIDs, trace
 /// ids, base64); otherwise a new UUID, so the logs never carry a client's long or odd text.
 fn request_id(req: &Request) -> HeaderValue {
-    let mut sent = req.headers().get_all(REQUEST_ID_HEADER).iter();
+    let mut sent = req.headers().get_all(&REQUEST_ID_HEADER).iter();
     match (sent.next(), sent.next()) {
         (Some(id), None) if fit_request_id(id.as_bytes()) => id.clone(),
         _ => {
@@ -206,6 +227,7 @@ mod tests {
             )
             .route("/-/ping", get(|| async { "{}" }))
             .layer(ObserveLayer {
+                gate: None,
                 deadline: Duration::from_secs(30),
                 forwarding: false,
             });
@@ -223,7 +245,7 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:#?}");
         let ids: Vec<&str> = answers
             .iter()
-            .map(|a| a.headers()[REQUEST_ID_HEADER].to_str().unwrap())
+            .map(|a| a.headers()[&REQUEST_ID_HEADER].to_str().unwrap())
             .collect();
         assert_eq!(ids[0], "req-1");
         assert!(uuid::Uuid::parse_str(ids[1]).is_ok(), "{}", ids[1]);

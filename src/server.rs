@@ -5,16 +5,15 @@
 use crate::{app, AppState};
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -40,9 +39,10 @@ pub async fn serve(
     let config = state.config.clone();
     let router = app(state);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(config.header_timeout_secs))
-        .max_buf_size(config.max_header_bytes);
+    // No hyper header timer: it costs a timer per request; the connection's watchdog enforces
+    // `header_timeout_secs` instead.
+    http.max_buf_size(config.max_header_bytes);
+    let header_limit = Duration::from_secs(config.header_timeout_secs);
     let body_timeout = Duration::from_secs(config.body_timeout_secs);
     let stall_limit = stall_limit(&config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -73,13 +73,22 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let activity = Arc::new(Activity::now());
+        let exchanges = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            router
+            let answered = Answered::start(exchanges.clone());
+            let response = router
                 .clone()
-                .call(req.map(|body| TimeoutBody::new(body_timeout, body)))
+                .call(req.map(|body| TimeoutBody::new(body_timeout, body)));
+            async move {
+                let Ok(response) = response.await;
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody {
+                    inner,
+                    _answered: answered,
+                }))
+            }
         });
-        let activity = Arc::new(Activity::now());
         let stream = Watched {
             inner: stream,
             activity: activity.clone(),
@@ -93,8 +102,8 @@ pub async fn serve(
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 }
-                () = stalled(&activity, stall_limit) => {
-                    tracing::debug!(%peer, "closed a connection that moved no byte for {}s", stall_limit.as_secs());
+                why = watchdog(&activity, stall_limit, header_limit) => {
+                    tracing::debug!(%peer, "closed a connection: {why}");
                 }
             }
             drop(slot);
@@ -137,37 +146,119 @@ fn stall_limit(config: &crate::config::Config) -> Duration {
     Duration::from_secs(longest + 5)
 }
 
-/// When a connection last moved a byte, in milliseconds since the process started.
-struct Activity(AtomicU64);
-
-static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// What a connection's watchdog reads: how many times it moved bytes, and how many requests it
+/// began and finished answering. Counters rather than times, so the requests do not each read
+/// the clock or arm a timer.
+#[derive(Default)]
+struct Activity {
+    moves: AtomicU64,
+    started: AtomicU64,
+    finished: AtomicU64,
+}
 
 impl Activity {
     fn now() -> Activity {
-        Activity(AtomicU64::new(Self::clock()))
-    }
-
-    fn clock() -> u64 {
-        STARTED.elapsed().as_millis() as u64
+        Activity::default()
     }
 
     fn touch(&self) {
-        self.0.store(Self::clock(), Ordering::Relaxed);
+        // A connection is read and written by one task at a time: no lost updates.
+        bump(&self.moves);
     }
 
-    fn idle(&self) -> Duration {
-        Duration::from_millis(Self::clock().saturating_sub(self.0.load(Ordering::Relaxed)))
+    fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+
+    /// Whether no request is being answered: the connection waits for (or receives) a head.
+    fn between_requests(&self) -> (bool, u64) {
+        let finished = self.finished.load(Ordering::Relaxed);
+        (self.started.load(Ordering::Relaxed) == finished, finished)
     }
 }
 
-/// Completes once `activity` has been idle for `limit`.
-async fn stalled(activity: &Activity, limit: Duration) {
+fn bump(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
+
+/// One request being answered, from its head until its answer's body is written (or dropped).
+struct Answered(Arc<Activity>);
+
+impl Answered {
+    fn start(activity: Arc<Activity>) -> Answered {
+        bump(&activity.started);
+        Answered(activity)
+    }
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        bump(&self.0.finished);
+    }
+}
+
+/// An answer's body that counts the request as finished once hyper is done with it.
+struct TrackedBody<B> {
+    inner: B,
+    /// Held for its drop.
+    _answered: Answered,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Checks per limit: a limit is enforced within a quarter of it (a little more for the head).
+const CHECKS_PER_LIMIT: u32 = 4;
+
+/// Completes, saying why, once the connection has moved no byte for `stall_limit`, or has
+/// spent `header_limit` between requests (sending a head, or idle in keep-alive) without
+/// completing one: a head trickled byte by byte does not reset the second.
+async fn watchdog(activity: &Activity, stall_limit: Duration, header_limit: Duration) -> String {
+    let step = (stall_limit.min(header_limit) / CHECKS_PER_LIMIT).max(Duration::from_millis(50));
+    let opened = tokio::time::Instant::now();
+    let (mut last_moves, mut moved_at) = (activity.moves(), opened);
+    let (mut last_finished, mut waiting_since) = (0, opened);
     loop {
-        let idle = activity.idle();
-        if idle >= limit {
-            return;
+        tokio::time::sleep(step).await;
+        let now = tokio::time::Instant::now();
+        let moves = activity.moves();
+        if moves != last_moves {
+            (last_moves, moved_at) = (moves, now);
         }
-        tokio::time::sleep(limit - idle).await;
+        if now - moved_at >= stall_limit {
+            return format!("it moved no byte for {}s", stall_limit.as_secs());
+        }
+        let (idle, finished) = activity.between_requests();
+        if finished != last_finished {
+            // A request ended since the last look (at most a step ago): the next head is due.
+            (last_finished, waiting_since) = (finished, now);
+        }
+        if idle && now - waiting_since >= header_limit {
+            return format!(
+                "no complete request head within {}s (header_timeout_secs)",
+                header_limit.as_secs()
+            );
+        }
     }
 }
 
@@ -267,6 +358,7 @@ async fn refuse(mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn a_connection_whose_peer_stops_reading_stalls_and_one_that_reads_does_not() {
@@ -290,7 +382,7 @@ mod tests {
         };
         tokio::select! {
             _ = async { tokio::join!(writer, reader) } => {}
-            () = stalled(&activity, limit) => panic!("stalled while bytes moved"),
+            why = watchdog(&activity, limit, HOUR) => panic!("closed while bytes moved: {why}"),
         }
         // The peer stops reading: the writer blocks once the pipe is full, and the stall is
         // seen about `limit` after the last byte moved.
@@ -298,11 +390,57 @@ mod tests {
         let started = Instant::now();
         tokio::select! {
             _ = blocked => panic!("the write finished though nobody read"),
-            () = stalled(&activity, limit) => {}
+            why = watchdog(&activity, limit, HOUR) => assert!(why.contains("no byte"), "{why}"),
         }
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Moves a byte every 50 ms, as a client trickling its head would.
+    async fn trickle(activity: &Activity) {
+        loop {
+            activity.touch();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_too_slowly_is_cut_off_but_a_long_answer_is_not() {
+        let limit = Duration::from_millis(400);
+        // No request yet: bytes keep moving, yet the head is due within the limit.
+        let activity = Arc::new(Activity::now());
+        let started = Instant::now();
+        let why = tokio::select! {
+            () = trickle(&activity) => unreachable!(),
+            why = watchdog(&activity, HOUR, limit) => why,
+        };
+        let took = started.elapsed();
+        assert!(why.contains("header_timeout_secs"), "{why}");
+        assert!(took >= limit && took < Duration::from_secs(2), "{took:?}");
+        // A request being answered (its body still streaming) is not a head.
+        let answered = Answered::start(activity.clone());
+        tokio::select! {
+            () = trickle(&activity) => unreachable!(),
+            why = watchdog(&activity, HOUR, limit) => panic!("closed during an answer: {why}"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        // Once it is written, the next head is due within the limit again.
+        let watching = watchdog(&activity, HOUR, limit);
+        tokio::pin!(watching);
+        let started = Instant::now();
+        tokio::select! {
+            () = async { tokio::time::sleep(Duration::from_millis(300)).await; drop(answered); std::future::pending::<()>().await } => {}
+            () = trickle(&activity) => unreachable!(),
+            why = &mut watching => assert!(why.contains("header_timeout_secs"), "{why}"),
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_secs(3),
             "{took:?}"
         );
     }
