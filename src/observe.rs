@@ -11,6 +11,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, FutureExt};
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -94,10 +95,18 @@ where
                     _ => next(req).await,
                 }
             };
-            let handled = AssertUnwindSafe(handled).catch_unwind();
-            let outcome = match deadline {
-                Some(limit) => tokio::time::timeout(limit, handled).await.ok(),
-                None => Some(handled.await),
+            let mut handled = std::pin::pin!(AssertUnwindSafe(handled).catch_unwind());
+            // Most checks answer without waiting (the token is cached): a timer, armed and
+            // cleared for each of them, showed in the profile, so it is armed only when the
+            // first poll has to wait.
+            let first = std::future::poll_fn(|cx| Poll::Ready(handled.as_mut().poll(cx))).await;
+            let outcome = match (first, deadline) {
+                (Poll::Ready(done), _) => Some(done),
+                (Poll::Pending, Some(limit)) => {
+                    let until = tokio::time::Instant::from_std(started) + limit;
+                    tokio::time::timeout_at(until, handled).await.ok()
+                }
+                (Poll::Pending, None) => Some(handled.await),
             };
             match outcome {
                 Some(Ok(response)) => response,
