@@ -6,9 +6,9 @@
 //!   as the upstream registry for proxied reads.
 //! - `bench seed --database-url URL --user NAME --tokens N --out FILE`: creates the user (if
 //!   missing) and N publish tokens in batches, and writes the first 1000 tokens to FILE.
-//! - `bench inproc --database-url URL --tokens FILE [--requests N]`: calls tokengate's whole
-//!   application (every layer, the gate and the handler, no network) with authenticated
-//!   `GET /-/whoami` requests on one thread, and prints the time per request. It isolates the
+//! - `bench inproc --database-url URL --tokens FILE [--requests N] [--case whoami|verify]`:
+//!   calls tokengate's whole application (every layer, the gate and the handler, no network)
+//!   with authenticated `GET /-/whoami` (or `/-/auth/verify`) requests on one thread, and prints the time per request. It isolates the
 //!   application's own cost from HTTP parsing and TCP, which the wrk runs cannot.
 
 use axum::extract::State;
@@ -128,7 +128,7 @@ async fn seed(url: &str, user: &str, count: usize, out: &str) -> anyhow::Result<
     Ok(())
 }
 
-async fn inproc(url: &str, tokens_file: &str, requests: u32) -> anyhow::Result<()> {
+async fn inproc(url: &str, tokens_file: &str, requests: u32, case: &str) -> anyhow::Result<()> {
     use tower::ServiceExt;
     let token = std::fs::read_to_string(tokens_file)?
         .lines()
@@ -153,9 +153,16 @@ async fn inproc(url: &str, tokens_file: &str, requests: u32) -> anyhow::Result<(
     let state = tokengate::AppState::new(config, store, tokengate::keyring::KeyRing::generate());
     let app = tokengate::app(state);
     let peer: std::net::SocketAddr = "127.0.0.1:40000".parse()?;
+    let path = match case {
+        "whoami" => "/-/whoami",
+        "verify" => "/-/auth/verify",
+        _ => anyhow::bail!("--case is whoami or verify"),
+    };
     let request = || {
-        let mut req = axum::http::Request::get("/-/whoami")
+        let mut req = axum::http::Request::get(path)
             .header("authorization", format!("Bearer {token}"))
+            .header("x-original-method", "GET")
+            .header("x-original-uri", "/bench-pkg")
             .header(
                 "user-agent",
                 "npm/11.0.0 node/v22.0.0 linux x64 workspaces/false",
@@ -203,7 +210,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("inproc") => {
             let requests = arg(&args, "--requests").map_or(Ok(200_000), |n| n.parse())?;
-            inproc(&arg(&args, "--database-url")?, &arg(&args, "--tokens")?, requests).await
+            let case = arg(&args, "--case").unwrap_or_else(|_| "whoami".into());
+            inproc(
+                &arg(&args, "--database-url")?,
+                &arg(&args, "--tokens")?,
+                requests,
+                &case,
+            )
+            .await
         }
         _ => anyhow::bail!("usage: bench floor --listen ADDR --tokens FILE | bench seed --database-url URL --user NAME --tokens N --out FILE"),
     }

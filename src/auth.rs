@@ -47,9 +47,9 @@ pub struct ClientAddr(pub IpAddr);
 static X_FORWARDED_FOR: axum::http::HeaderName =
     axum::http::HeaderName::from_static("x-forwarded-for");
 
-/// Runs the gate for one request (`route`: what [`crate::registry_path::route`] made of it), then `next` (the
-/// handler) when the request may go ahead. `next` runs with the request's origin set for the
-/// audit events it records.
+/// Runs the gate for one request (`route`: what [`crate::registry_path::route`] made of it),
+/// then `next` (the handler) when the request may go ahead. `next` runs with the request's
+/// origin set for the audit events it records.
 pub async fn gate<N, F>(state: &AppState, mut req: Request, route: Route, next: N) -> Response
 where
     N: FnOnce(Request) -> F,

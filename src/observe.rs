@@ -274,6 +274,47 @@ mod tests {
     }
 
     #[test]
+    fn a_request_past_the_deadline_is_answered_503_and_a_quick_one_is_not() {
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/waits-briefly",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    "in time"
+                }),
+            )
+            .route("/-/ping", get(|| async { "{}" }))
+            .layer(ObserveLayer {
+                gate: None,
+                deadline: Duration::from_millis(300),
+                forwarding: false,
+            });
+        let started = Instant::now();
+        let slow = call(&router, "GET", "/slow", None);
+        let took = started.elapsed();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(
+            call(&router, "GET", "/waits-briefly", None).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&router, "GET", "/-/ping", None).status(),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
     fn only_short_plain_request_ids_are_taken_from_clients() {
         for ok in [
             "a",

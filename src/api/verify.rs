@@ -7,26 +7,33 @@ use crate::error::{ApiError, ErrorBody};
 use crate::openapi::OtpHeader;
 use crate::registry_path;
 use crate::AppState;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Where proxies put the original method and URI: Traefik's names first, then the ones
-/// nginx configurations usually set.
-const METHOD_HEADERS: [&str; 2] = ["x-forwarded-method", "x-original-method"];
-const URI_HEADERS: [&str; 2] = ["x-forwarded-uri", "x-original-uri"];
+/// nginx configurations usually set. Names as constants: a lookup by a string parses the name
+/// each time.
+static METHOD_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-original-method"),
+];
+static URI_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-original-uri"),
+];
 
 /// The caller's name on success.
-pub const USER_HEADER: &str = "x-auth-user";
+static USER_HEADER: HeaderName = HeaderName::from_static("x-auth-user");
 /// A short, non-secret id of the token used (the start of its SHA-512 key).
-pub const KEY_HEADER: &str = "x-auth-token-key";
+static KEY_HEADER: HeaderName = HeaderName::from_static("x-auth-token-key");
 /// On refusal, the message as a JSON string, for proxies that write their own error body.
-pub const ERROR_HEADER: &str = "x-auth-error";
+static ERROR_HEADER: HeaderName = HeaderName::from_static("x-auth-error");
 
-fn first<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+fn first<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
     names
         .iter()
-        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+        .find_map(|n| headers.get(n).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|v| !v.is_empty())
 }
@@ -88,15 +95,16 @@ pub struct Original {
 pub async fn verify(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
+    // The whole request rather than a `HeaderMap`, which would be a copy of the headers.
+    req: Request,
 ) -> Response {
-    match check(&state, client, &headers).await {
+    match check(&state, client, req.headers()).await {
         Ok(response) => response,
         Err(e) => {
             let message = serde_json::to_string(&e.to_string()).unwrap_or_default();
             let mut response = e.into_response();
             if let Ok(v) = HeaderValue::from_str(&message) {
-                response.headers_mut().insert(ERROR_HEADER, v);
+                response.headers_mut().insert(&ERROR_HEADER, v);
             }
             response
         }
@@ -134,11 +142,11 @@ async fn check(
     if let Decision::Allowed(principal) = decision {
         let out = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&principal.user.name) {
-            out.insert(USER_HEADER, v);
+            out.insert(&USER_HEADER, v);
         }
         if let Some(key) = principal.token_key() {
             out.insert(
-                KEY_HEADER,
+                &KEY_HEADER,
                 HeaderValue::from_str(key.short()).expect("hex is a header value"),
             );
         }
