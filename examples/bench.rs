@@ -144,11 +144,7 @@ async fn inproc(url: &str, tokens_file: &str, requests: u32, case: &str) -> anyh
         acquire_timeout: std::time::Duration::from_secs(5),
     };
     let store = Arc::new(SqlStore::connect(url, &pool).await?);
-    let settings = tokengate::store::cache::CacheSettings {
-        capacity: config.token_cache_capacity,
-        ttl: std::time::Duration::from_secs(config.token_cache_ttl_secs),
-        poll: std::time::Duration::from_millis(config.change_poll_ms),
-    };
+    let settings = tokengate::store::cache::CacheSettings::of(&config);
     store.enable_cache(settings, url).await?;
     let state = tokengate::AppState::new(config, store, tokengate::keyring::KeyRing::generate());
     let app = tokengate::app(state);

@@ -246,11 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format);
             let store = Arc::new(open_store(&config).await?);
             if config.token_cache_capacity > 0 {
-                let settings = tokengate::store::cache::CacheSettings {
-                    capacity: config.token_cache_capacity,
-                    ttl: std::time::Duration::from_secs(config.token_cache_ttl_secs),
-                    poll: std::time::Duration::from_millis(config.change_poll_ms),
-                };
+                let settings = tokengate::store::cache::CacheSettings::of(&config);
                 store.enable_cache(settings, &config.database_url).await?;
             }
             let listener = tokio::net::TcpListener::bind(config.listen)

@@ -30,6 +30,17 @@ pub struct CacheSettings {
     pub poll: Duration,
 }
 
+impl CacheSettings {
+    /// The cache and polling settings of a configuration.
+    pub fn of(config: &crate::config::Config) -> CacheSettings {
+        CacheSettings {
+            capacity: config.token_cache_capacity,
+            ttl: Duration::from_secs(config.token_cache_ttl_secs),
+            poll: Duration::from_millis(config.change_poll_ms),
+        }
+    }
+}
+
 pub struct TokenCache {
     entries: Cache<TokenKey, TokenWithOwner>,
 }
