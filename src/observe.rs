@@ -207,6 +207,15 @@ mod tests {
             .collect()
     }
 
+    /// The layer without the gate (these tests have no application state) or an upstream.
+    fn ungated(deadline: Duration) -> ObserveLayer {
+        ObserveLayer {
+            gate: None,
+            deadline,
+            forwarding: false,
+        }
+    }
+
     fn call(router: &Router, method: &str, path: &str, id: Option<&str>) -> Response {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(id) = id {
@@ -235,11 +244,7 @@ mod tests {
                 }),
             )
             .route("/-/ping", get(|| async { "{}" }))
-            .layer(ObserveLayer {
-                gate: None,
-                deadline: Duration::from_secs(30),
-                forwarding: false,
-            });
+            .layer(ungated(Duration::from_secs(30)));
         let mut answers = Vec::new();
         let lines = access_lines(|| {
             answers.push(call(
@@ -291,11 +296,7 @@ mod tests {
                 }),
             )
             .route("/-/ping", get(|| async { "{}" }))
-            .layer(ObserveLayer {
-                gate: None,
-                deadline: Duration::from_millis(300),
-                forwarding: false,
-            });
+            .layer(ungated(Duration::from_millis(300)));
         // Under a subscriber like the access-log test's: tracing caches per call site whether
         // anyone listens, and a test without one running at the same time could cache "no".
         let mut answers = Vec::new();

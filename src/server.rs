@@ -73,7 +73,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let activity = Arc::new(Activity::now());
+        let activity = Arc::new(Activity::default());
         let exchanges = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -157,10 +157,6 @@ struct Activity {
 }
 
 impl Activity {
-    fn now() -> Activity {
-        Activity::default()
-    }
-
     fn touch(&self) {
         // A connection is read and written by one task at a time: no lost updates.
         bump(&self.moves);
@@ -363,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_peer_stops_reading_stalls_and_one_that_reads_does_not() {
         let (server, mut client) = tokio::io::duplex(1024);
-        let activity = Arc::new(Activity::now());
+        let activity = Arc::new(Activity::default());
         let mut watched = Watched {
             inner: server,
             activity: activity.clone(),
@@ -413,7 +409,7 @@ mod tests {
     async fn a_head_trickled_too_slowly_is_cut_off_but_a_long_answer_is_not() {
         let limit = Duration::from_millis(400);
         // No request yet: bytes keep moving, yet the head is due within the limit.
-        let activity = Arc::new(Activity::now());
+        let activity = Arc::new(Activity::default());
         let started = Instant::now();
         let why = tokio::select! {
             () = trickle(&activity) => unreachable!(),
