@@ -406,7 +406,28 @@ impl Config {
         }
         // Longer times overflow the calendar or the clock where they are used, and panic.
         const CENTURY_SECS: u64 = 100 * 365 * 86_400;
-        let times = [
+        if let Some((key, _)) = self
+            .times_in_secs()
+            .into_iter()
+            .find(|(_, secs)| *secs > CENTURY_SECS)
+        {
+            return invalid(key, "must be at most 100 years");
+        }
+        if !valid_metrics_path(&self.metrics_path) {
+            return invalid(
+                "metrics_path",
+                "must be empty or a path under /-/ of letters, digits and - _ . / that is not \
+                 one of the npm endpoints (e.g. /-/metrics)",
+            );
+        }
+        Ok(())
+    }
+
+    /// Every time setting, in seconds, with its key: what validation bounds, and what start-up
+    /// turns into calendar and clock times.
+    pub fn times_in_secs(&self) -> [(&'static str, u64); 16] {
+        let up = &self.upstream;
+        [
             (
                 "max_token_expiry_days",
                 u64::from(self.max_token_expiry_days) * 86_400,
@@ -441,18 +462,7 @@ impl Config {
             ("change_poll_ms", self.change_poll_ms / 1000),
             ("upstream.timeout_secs", up.timeout_secs),
             ("upstream.connect_timeout_secs", up.connect_timeout_secs),
-        ];
-        if let Some((key, _)) = times.iter().find(|(_, secs)| *secs > CENTURY_SECS) {
-            return invalid(key, "must be at most 100 years");
-        }
-        if !valid_metrics_path(&self.metrics_path) {
-            return invalid(
-                "metrics_path",
-                "must be empty or a path under /-/ of letters, digits and - _ . / that is not \
-                 one of the npm endpoints (e.g. /-/metrics)",
-            );
-        }
-        Ok(())
+        ]
     }
 
     /// The effective configuration as TOML, with secrets masked.

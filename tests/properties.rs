@@ -929,23 +929,8 @@ mod config_file {
             .and_then(|d| now.checked_sub_signed(d))
             .ok_or("audit_retention_days overflows the calendar")?;
         let base = Instant::now();
-        for (what, secs) in [
-            (
-                "database_acquire_timeout_secs",
-                c.database_acquire_timeout_secs,
-            ),
-            ("request_timeout_secs", c.request_timeout_secs),
-            ("auth_failure_window_secs", c.auth_failure_window_secs),
-            ("shutdown_timeout_secs", c.shutdown_timeout_secs),
-            ("last_used_flush_secs", c.last_used_flush_secs),
-            ("token_cache_ttl_secs", c.token_cache_ttl_secs),
-            ("change_poll_ms", c.change_poll_ms / 1000),
-            ("upstream.timeout_secs", c.upstream.timeout_secs),
-            (
-                "upstream.connect_timeout_secs",
-                c.upstream.connect_timeout_secs,
-            ),
-        ] {
+        // Every time setting as a clock time; the calendar ones were also checked above.
+        for (what, secs) in c.times_in_secs() {
             base.checked_add(Duration::from_secs(secs))
                 .ok_or_else(|| format!("{what} overflows the clock"))?;
             // moka refuses a cache TTL over 1000 years at start-up.
