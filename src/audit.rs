@@ -82,8 +82,13 @@ tokio::task_local! {
 }
 
 /// Runs `f` with `meta` as the current request's origin for the events it records.
-pub async fn within<F: std::future::Future>(meta: RequestMeta, f: F) -> F::Output {
-    REQUEST.scope(meta, f).await
+/// Not an `async fn`: that would hold `f` twice in its state (the argument and the scope), and
+/// this future is moved on every request.
+pub fn within<F: std::future::Future>(
+    meta: RequestMeta,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    REQUEST.scope(meta, f)
 }
 
 /// A user agent as stored: printable ASCII, truncated.

@@ -44,16 +44,45 @@ pub struct MaybePrincipal(pub Option<Principal>);
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
 
+/// What the gate learned about a request, for the handler's extractors ([`Principal`],
+/// [`MaybePrincipal`], [`ClientAddr`]) and the proxy. One request extension rather than one
+/// each: every insert is an allocation on the per-request path.
+#[derive(Clone, Debug)]
+pub struct Gated {
+    pub client: IpAddr,
+    pub route: Route,
+    pub caller: Caller,
+}
+
+/// Who the gate let through.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// A route open to all, or an anonymous read.
+    Nobody,
+    /// An authenticated caller allowed to do this.
+    Allowed(Principal),
+    /// A route whose handler decides (logout): the caller, if any credentials were valid.
+    Lenient(Option<Principal>),
+}
+
 static X_FORWARDED_FOR: axum::http::HeaderName =
     axum::http::HeaderName::from_static("x-forwarded-for");
 
 /// Runs the gate for one request (`route`: what [`crate::registry_path::route`] made of it),
 /// then `next` (the handler) when the request may go ahead. `next` runs with the request's
 /// origin set for the audit events it records.
-pub async fn gate<N, F>(state: &AppState, mut req: Request, route: Route, next: N) -> Response
+///
+/// A plain function returning the future, not an `async fn`: every request moves this future,
+/// and an `async fn` would hold both its arguments and the inner future in its state.
+pub fn gate<'s, N, F>(
+    state: &'s AppState,
+    req: Request,
+    route: Route,
+    next: N,
+) -> impl std::future::Future<Output = Response> + 's
 where
-    N: FnOnce(Request) -> F,
-    F: std::future::Future<Output = Response>,
+    N: FnOnce(Request) -> F + 's,
+    F: std::future::Future<Output = Response> + 's,
 {
     let extensions = req.extensions();
     let peer = extensions
@@ -71,12 +100,11 @@ where
         .iter()
         .filter_map(|v| v.to_str().ok());
     let client = client_ip::resolve(peer, forwarded, &state.config.trusted_proxies);
-    req.extensions_mut().insert(ClientAddr(client));
     let meta = audit::RequestMeta {
         client,
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
     };
-    audit::within(meta, admit(state, req, route, next, client)).await
+    audit::within(meta, admit(state, req, route, next, client))
 }
 
 /// The gate's decision for one request, then the handler.
@@ -91,28 +119,30 @@ where
     N: FnOnce(Request) -> F,
     F: std::future::Future<Output = Response>,
 {
-    let mut caller = None;
-    match decide(state, &route, req.headers(), client).await {
-        Ok(Decision::Open) | Ok(Decision::Anonymous) => {}
-        Ok(Decision::Lenient(who)) => {
-            req.extensions_mut().insert(MaybePrincipal(who.map(|p| *p)));
-        }
+    let mut logged = None;
+    let caller = match decide(state, &route, req.headers(), client).await {
+        Ok(Decision::Open) | Ok(Decision::Anonymous) => Caller::Nobody,
+        Ok(Decision::Lenient(who)) => Caller::Lenient(who.map(|p| *p)),
         Ok(Decision::Allowed(principal)) => {
             // Only the access log reads it; spare the copies when it is off.
             if tracing::enabled!(tracing::Level::INFO) {
-                caller = Some(crate::LoggedCaller {
+                logged = Some(crate::LoggedCaller {
                     user: principal.user.name.clone(),
                     key_id: principal.token_key().map(|k| k.short().to_owned()),
                 });
             }
-            req.extensions_mut().insert(*principal);
+            Caller::Allowed(*principal)
         }
         Err(e) => return e.into_response(),
-    }
-    req.extensions_mut().insert(route);
+    };
+    req.extensions_mut().insert(Gated {
+        client,
+        route,
+        caller,
+    });
     let mut response = next(req).await;
-    if let Some(caller) = caller {
-        response.extensions_mut().insert(caller);
+    if let Some(logged) = logged {
+        response.extensions_mut().insert(logged);
     }
     response
 }
@@ -193,7 +223,14 @@ pub async fn decide(
         .filter(|t| t.enabled())
         .map(|t| t.mode);
     if policy::otp_required(mode, &principal.credential, access) {
-        second_factor::require(state, &principal.user, headers, client).await?;
+        // Boxed: a rare path, kept out of the state of every request's future.
+        Box::pin(second_factor::require(
+            state,
+            &principal.user,
+            headers,
+            client,
+        ))
+        .await?;
     }
     metrics::auth_outcome(AuthOutcome::Ok);
     Ok(Decision::Allowed(Box::new(principal)))
@@ -218,7 +255,10 @@ pub async fn identify(
     match parse_authorization(value) {
         Ok(AuthHeader::Bearer(raw)) => bearer(state, raw, client).await.map(Some),
         Ok(AuthHeader::Basic { name, password }) => {
-            basic(state, &name, &password, client).await.map(Some)
+            // Boxed: a rare path (argon2), kept out of the state of every request's future.
+            Box::pin(basic(state, &name, &password, client))
+                .await
+                .map(Some)
         }
         Err(AuthHeaderError::Basic) => Err(wrong_password()),
         Err(AuthHeaderError::Scheme) => Err(invalid()),
@@ -273,11 +313,11 @@ fn wrong_password() -> ApiError {
 async fn bearer(state: &AppState, raw: &str, client: IpAddr) -> Result<Principal, ApiError> {
     let bad = |why: &str| ApiError::unauthorized(why.to_owned(), Challenge::Bearer);
     // Garbage is refused by format and checksum before any lookup.
-    let token = PlainToken::parse(&state.config.token_prefix, raw).map_err(|_| {
+    PlainToken::check(&state.config.token_prefix, raw).map_err(|_| {
         metrics::auth_outcome(AuthOutcome::Malformed);
         bad("This token is not valid: log in again with `npm login`.")
     })?;
-    let key = token.key();
+    let key = TokenKey::of(raw);
     let found = state.store.token_by_key(&key).await?.ok_or_else(|| {
         metrics::auth_outcome(AuthOutcome::UnknownToken);
         bad("This token is not valid: log in again with `npm login`.")
@@ -346,11 +386,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| ApiError::unauthorized("You must be logged in.", Challenge::Bearer))
+        match parts.extensions.get::<Gated>().map(|g| &g.caller) {
+            Some(Caller::Allowed(principal)) => Ok(principal.clone()),
+            _ => Err(ApiError::unauthorized(
+                "You must be logged in.",
+                Challenge::Bearer,
+            )),
+        }
     }
 }
 
@@ -358,11 +400,12 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<MaybePrincipal>()
-            .cloned()
-            .unwrap_or(MaybePrincipal(None)))
+        Ok(MaybePrincipal(
+            match parts.extensions.get::<Gated>().map(|g| &g.caller) {
+                Some(Caller::Lenient(who)) => who.clone(),
+                _ => None,
+            },
+        ))
     }
 }
 
@@ -370,10 +413,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<ClientAddr>()
-            .copied()
-            .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<Gated>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |g| g.client),
+        ))
     }
 }

@@ -82,44 +82,44 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
-        let answer = async move {
-            let handled = async move {
+        // One async block, built from small values: the futures of the gate and the handler
+        // start inside it, so no large future is moved on the way (each move is a copy of its
+        // whole state, which showed in the profile).
+        Box::pin(
+            async move {
                 let next = |req| async move {
                     let Ok(response) = inner.call(req).await;
                     response
                 };
-                match (gate, operation) {
-                    (Some(state), Some(operation)) => {
-                        auth::gate(&state, req, operation, next).await
+                let handled = async {
+                    match (&gate, operation) {
+                        (Some(state), Some(operation)) => {
+                            auth::gate(state, req, operation, next).await
+                        }
+                        _ => next(req).await,
                     }
-                    _ => next(req).await,
-                }
-            };
-            let mut handled = std::pin::pin!(AssertUnwindSafe(handled).catch_unwind());
-            // Most checks answer without waiting (the token is cached): a timer, armed and
-            // cleared for each of them, showed in the profile, so it is armed only when the
-            // first poll has to wait.
-            let first = std::future::poll_fn(|cx| Poll::Ready(handled.as_mut().poll(cx))).await;
-            let outcome = match (first, deadline) {
-                (Poll::Ready(done), _) => Some(done),
-                (Poll::Pending, Some(limit)) => {
-                    let until = tokio::time::Instant::from_std(started) + limit;
-                    tokio::time::timeout_at(until, handled).await.ok()
-                }
-                (Poll::Pending, None) => Some(handled.await),
-            };
-            match outcome {
-                Some(Ok(response)) => response,
-                Some(Err(_panic)) => {
-                    ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
-                }
-                None => ApiError::Unavailable("The request took too long; try again.".into())
-                    .into_response(),
-            }
-        };
-        Box::pin(
-            async move {
-                let mut response = answer.await;
+                };
+                let mut handled = std::pin::pin!(AssertUnwindSafe(handled).catch_unwind());
+                // Most checks answer without waiting (the token is cached): a timer, armed and
+                // cleared for each of them, showed in the profile, so it is armed only when
+                // the first poll has to wait.
+                let first = std::future::poll_fn(|cx| Poll::Ready(handled.as_mut().poll(cx))).await;
+                let outcome = match (first, deadline) {
+                    (Poll::Ready(done), _) => Some(done),
+                    (Poll::Pending, Some(limit)) => {
+                        let until = tokio::time::Instant::from_std(started) + limit;
+                        tokio::time::timeout_at(until, handled).await.ok()
+                    }
+                    (Poll::Pending, None) => Some(handled.await),
+                };
+                let mut response = match outcome {
+                    Some(Ok(response)) => response,
+                    Some(Err(_panic)) => {
+                        ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+                    }
+                    None => ApiError::Unavailable("The request took too long; try again.".into())
+                        .into_response(),
+                };
                 let took = started.elapsed();
                 let status = response.status();
                 metrics::observe_request(&method, route.as_ref().map(|r| r.as_str()), status, took);

@@ -2,7 +2,7 @@
 //! registry, bodies streaming both ways. The client's credentials never reach the upstream,
 //! and tarball URLs in package documents are rewritten to point at tokengate.
 
-use crate::auth::{ClientAddr, Principal};
+use crate::auth::{Caller, Gated};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::ApiError;
 use crate::registry_path::{Operation, Route};
@@ -96,17 +96,17 @@ impl Upstream {
 }
 
 /// The fallback route: forwards registry requests when an upstream is configured.
-pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
-    let route = req.extensions().get::<Route>().cloned();
+pub async fn forward(State(state): State<AppState>, mut req: Request) -> Response {
+    let gated = req.extensions_mut().remove::<Gated>();
     let Some(upstream) = state.upstream.clone() else {
         return ApiError::not_found("Not found: this registry has no such endpoint.")
             .into_response();
     };
-    let Some(route) = route.filter(|r| r.op.is_registry()) else {
+    let Some(gated) = gated.filter(|g| g.route.op.is_registry()) else {
         return ApiError::not_found("Not found: this registry has no such endpoint.")
             .into_response();
     };
-    match forward_checked(&state, &upstream, &route, req).await {
+    match forward_checked(&state, &upstream, &gated, req).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -115,18 +115,15 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
 async fn forward_checked(
     state: &AppState,
     upstream: &Upstream,
-    route: &Route,
+    gated: &Gated,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let user = req
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.user.name.clone());
-    let client = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
+    let route = &gated.route;
+    let user = match &gated.caller {
+        Caller::Allowed(principal) => Some(principal.user.name.clone()),
+        _ => None,
+    };
+    let client = gated.client.to_string();
     let (mut parts, body) = req.into_parts();
     let public = public_base(&state.config, &parts.headers);
     let original_host = parts.headers.get(header::HOST).cloned();

@@ -147,19 +147,49 @@ pub fn route(method: &Method, path: &str, prefix: &str) -> Route {
         _ => path,
     };
     let read = method == Method::GET || method == Method::HEAD;
-    let raw: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    // A decoded segment may hold encoded slashes (`@scope%2f.`): each piece counts.
-    if raw
-        .iter()
-        .any(|seg| decode(seg).split('/').any(|p| p == "." || p == ".."))
-    {
+    // Every request is classified: the segments of usual paths stay on the stack.
+    let mut short = [""; SHORT_PATH];
+    let mut long = Vec::new();
+    let mut count = 0;
+    for (i, segment) in path.trim_start_matches('/').split('/').enumerate() {
+        match short.get_mut(i) {
+            Some(slot) => *slot = segment,
+            None => {
+                if long.is_empty() {
+                    long.extend_from_slice(&short);
+                }
+                long.push(segment);
+            }
+        }
+        count = i + 1;
+    }
+    let raw: &[&str] = if long.is_empty() {
+        &short[..count]
+    } else {
+        &long
+    };
+    if raw.iter().any(|seg| is_dot_segment(seg)) {
         return Route::plain(Operation::DotSegments);
     }
     if raw.first() == Some(&"-") {
-        return tokengate_or_registry_route(method, &raw, read);
+        return tokengate_or_registry_route(method, raw, read);
     }
-    package_route(method, &raw, read)
+    package_route(method, raw, read)
 }
+
+/// Whether a segment is `.` or `..`, or decodes to pieces that are: a decoded segment may
+/// hold encoded slashes (`@scope%2f.`), and each piece counts.
+fn is_dot_segment(segment: &str) -> bool {
+    let dots = |piece: &str| piece == "." || piece == "..";
+    if segment.contains('%') {
+        decoded(segment).split('/').any(dots)
+    } else {
+        dots(segment)
+    }
+}
+
+/// Paths with up to this many segments are split without an allocation.
+const SHORT_PATH: usize = 8;
 
 fn tokengate_or_registry_route(method: &Method, raw: &[&str], read: bool) -> Route {
     use Operation::*;
@@ -256,7 +286,12 @@ fn package_name<'a, 'b>(segments: &'a [&'b str]) -> Option<(String, &'a [&'b str
 }
 
 fn decode(segment: &str) -> String {
-    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+    decoded(segment).into_owned()
+}
+
+/// A segment percent-decoded, borrowed when it has nothing to decode.
+fn decoded(segment: &str) -> std::borrow::Cow<'_, str> {
+    percent_decode_str(segment).decode_utf8_lossy()
 }
 
 fn is_couch_user(segment: &str) -> bool {
@@ -613,5 +648,30 @@ mod tests {
             );
         }
         assert_eq!(classify(&Method::GET, "/a..b"), Operation::PackageRead);
+    }
+
+    /// Paths longer than the segments kept on the stack are classified the same way.
+    #[test]
+    fn long_paths_are_classified_whole() {
+        let long = "/@corp/pkg/a/b/c/d/e/f/g/h/i";
+        assert!(long.split('/').count() > SHORT_PATH + 1);
+        let routed = route(&Method::PUT, long, "");
+        assert_eq!(routed.op, Operation::PackageWrite);
+        assert_eq!(routed.package.as_deref(), Some("@corp/pkg"));
+        assert_eq!(
+            classify(&Method::GET, "/@corp/pkg/a/b/c/d/e/f/g/h/.."),
+            Operation::DotSegments
+        );
+        assert_eq!(
+            classify(&Method::GET, "/@corp/pkg/a/b/c/d/e/f/g/h/%2e"),
+            Operation::DotSegments
+        );
+        // Exactly as many segments as fit, and one more.
+        for path in ["/-/a/b/c/d/e/f/g", "/-/a/b/c/d/e/f/g/h"] {
+            assert_eq!(
+                classify(&Method::GET, path),
+                Operation::Other { read: true }
+            );
+        }
     }
 }

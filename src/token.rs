@@ -19,8 +19,18 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 pub struct PlainToken(String);
 
 /// The SHA-512 hex digest of a token: its identity in storage and in the API (`key`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenKey(pub String);
+
+impl std::hash::Hash for TokenKey {
+    /// Hashes the first 16 hex digits only. A digest is already evenly spread, so 64 of its bits
+    /// are plenty for a hash table, and hashing all 128 digits showed in the per-request check's
+    /// profile (the verification cache is keyed by it). Equal keys still hash equally.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let digits = self.0.as_bytes();
+        state.write(&digits[..digits.len().min(16)]);
+    }
+}
 
 /// Why a string is not one of our tokens.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +59,13 @@ impl PlainToken {
 
     /// Checks prefix, length, alphabet and checksum without any I/O.
     pub fn parse(prefix: &str, s: &str) -> Result<Self, TokenFormatError> {
+        Self::check(prefix, s)?;
+        Ok(PlainToken(s.to_owned()))
+    }
+
+    /// What [`PlainToken::parse`] checks, without keeping a copy of the token: the
+    /// per-request check only needs its key.
+    pub fn check(prefix: &str, s: &str) -> Result<(), TokenFormatError> {
         let body = s.strip_prefix(prefix).ok_or(TokenFormatError::Prefix)?;
         if body.len() != RANDOM_LEN + CHECKSUM_LEN {
             return Err(TokenFormatError::Length);
@@ -57,10 +74,10 @@ impl PlainToken {
             return Err(TokenFormatError::Charset);
         }
         let (random, sum) = body.split_at(RANDOM_LEN);
-        if checksum(random) != sum {
+        if checksum_digits(random) != sum.as_bytes() {
             return Err(TokenFormatError::Checksum);
         }
-        Ok(PlainToken(s.to_owned()))
+        Ok(())
     }
 
     /// The secret itself, for the one answer that shows it.
@@ -91,7 +108,7 @@ impl fmt::Debug for PlainToken {
 impl TokenKey {
     /// The key of any string, also of one that is not a well-formed token.
     pub fn of(secret: &str) -> Self {
-        TokenKey(lower_hex(&Sha512::digest(secret.as_bytes())))
+        TokenKey(lower_hex(&Sha512::digest(secret.as_bytes()).into()))
     }
 
     /// A 128-character lowercase hex string, as a key arrives in a revoke path.
@@ -109,25 +126,30 @@ impl TokenKey {
 }
 
 /// Lowercase hex without going through `char` iterators: this runs on every request.
-fn lower_hex(bytes: &[u8]) -> String {
+fn lower_hex(digest: &[u8; 64]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
+    // Filled in place rather than pushed digit by digit: this runs on every request.
+    let mut out = [0u8; 128];
+    for (pair, b) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    String::from_utf8(out).expect("hex digits are ASCII")
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
 }
 
 /// CRC32 of the random part, as 6 base62 digits (62^6 > 2^32).
 pub fn checksum(random: &str) -> String {
+    String::from_utf8(checksum_digits(random).to_vec()).expect("base62 is ASCII")
+}
+
+fn checksum_digits(random: &str) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(random.as_bytes()) as u64;
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(out.to_vec()).expect("base62 is ASCII")
+    out
 }
 
 #[cfg(test)]
@@ -168,6 +190,42 @@ mod tests {
             PlainToken::parse("npm_", &flipped),
             Err(TokenFormatError::Checksum)
         );
+    }
+
+    #[test]
+    fn check_agrees_with_parse() {
+        let token = PlainToken::generate("npm_");
+        let good = token.expose();
+        let mut bad_sum = good.to_owned();
+        let last = if bad_sum.ends_with('a') { "b" } else { "a" };
+        bad_sum.replace_range(bad_sum.len() - 1.., last);
+        for s in [good, bad_sum.as_str(), "npm_short", "xyz_", ""] {
+            assert_eq!(
+                PlainToken::check("npm_", s),
+                PlainToken::parse("npm_", s).map(|_| ()),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            PlainToken::check("npm_", &bad_sum),
+            Err(TokenFormatError::Checksum)
+        );
+    }
+
+    /// Keys hash by their first 16 digits only; keys alike there are still told apart.
+    #[test]
+    fn keys_alike_in_their_first_digits_stay_distinct_in_maps() {
+        use std::collections::HashMap;
+        let a = TokenKey(format!("{}{}", "0".repeat(16), "a".repeat(112)));
+        let b = TokenKey(format!("{}{}", "0".repeat(16), "b".repeat(112)));
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(
+            std::hash::BuildHasher::hash_one(&state, &a),
+            std::hash::BuildHasher::hash_one(&state, &b)
+        );
+        let map: HashMap<TokenKey, u8> = [(a.clone(), 1), (b.clone(), 2)].into();
+        assert_eq!((map[&a], map[&b]), (1, 2));
+        assert_eq!(map.len(), 2);
     }
 
     #[test]
