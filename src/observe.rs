@@ -63,7 +63,6 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let started = Instant::now();
         let id = request_id(&req);
-        req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
         let method = req.method().clone();
         // Only the access log needs the path afterwards; a copy costs an allocation.
         let logged_uri = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().clone());
@@ -78,6 +77,11 @@ where
         let forwarded =
             self.settings.forwarding && operation.as_ref().is_some_and(|r| r.op.is_registry());
         let deadline = (!forwarded).then_some(self.settings.deadline);
+        if forwarded {
+            // The registry behind logs the same id (the client's, or the one replacing it).
+            // Only then: no handler reads it, and one more header can make the map grow.
+            req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+        }
         // The ready service answers this request; a fresh clone waits for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

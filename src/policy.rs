@@ -64,12 +64,12 @@ pub fn authorize(credential: &Credential, access: Access, route: &Route) -> Resu
         Credential::Password => return Ok(()),
         Credential::Token(t) => t,
     };
-    let what = target_name(route);
     if access != Access::Read && token.is_read_only() {
         return Err(Denial(format!(
-            "This token is read-only: it can read, but it cannot {}{what}. Use a login session \
+            "This token is read-only: it can read, but it cannot {}{}. Use a login session \
              (npm login) or a token with write access.",
-            verb(access)
+            verb(access),
+            target_name(route)
         )));
     }
     match (token.kind, access) {

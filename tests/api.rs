@@ -1755,6 +1755,7 @@ async fn proxy_forwards_without_client_credentials() {
                     ("connection", "keep-alive, x-hop"),
                     ("x-hop", "1"),
                     ("npm-command", "publish"),
+                    ("x-request-id", "not a plain id"),
                 ],
                 Some(Body::from(r#"{"name":"@acme/x"}"#)),
             )
@@ -1769,6 +1770,11 @@ async fn proxy_forwards_without_client_credentials() {
         assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
         assert_eq!(seen["x-forwarded-proto"], "https");
         assert_eq!(seen["npm-command"], "publish");
+        // The registry behind logs the same request id as tokengate: here the one replacing
+        // the client's odd one.
+        let id = a.headers["x-request-id"].to_str().unwrap();
+        assert_ne!(id, "not a plain id");
+        assert_eq!(seen["x-request-id"], id);
         assert!(
             seen.get("npm-otp").is_none() && seen.get("x-hop").is_none(),
             "{seen}"
