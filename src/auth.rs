@@ -51,18 +51,7 @@ pub struct ClientAddr(pub IpAddr);
 pub struct Gated {
     pub client: IpAddr,
     pub route: Route,
-    pub caller: Caller,
-}
-
-/// Who the gate let through.
-#[derive(Clone, Debug)]
-pub enum Caller {
-    /// A route open to all, or an anonymous read.
-    Nobody,
-    /// An authenticated caller allowed to do this.
-    Allowed(Principal),
-    /// A route whose handler decides (logout): the caller, if any credentials were valid.
-    Lenient(Option<Principal>),
+    pub decision: Decision,
 }
 
 static X_FORWARDED_FOR: axum::http::HeaderName =
@@ -119,26 +108,24 @@ where
     N: FnOnce(Request) -> F,
     F: std::future::Future<Output = Response>,
 {
-    let mut logged = None;
-    let caller = match decide(state, &route, req.headers(), client).await {
-        Ok(Decision::Open) | Ok(Decision::Anonymous) => Caller::Nobody,
-        Ok(Decision::Lenient(who)) => Caller::Lenient(who.map(|p| *p)),
-        Ok(Decision::Allowed(principal)) => {
-            // Only the access log reads it; spare the copies when it is off.
-            if tracing::enabled!(tracing::Level::INFO) {
-                logged = Some(crate::LoggedCaller {
-                    user: principal.user.name.clone(),
-                    key_id: principal.token_key().map(|k| k.short().to_owned()),
-                });
-            }
-            Caller::Allowed(*principal)
-        }
+    let decision = match decide(state, &route, req.headers(), client).await {
+        Ok(decision) => decision,
         Err(e) => return e.into_response(),
+    };
+    // Only the access log reads it; spare the copies when it is off.
+    let logged = match &decision {
+        Decision::Allowed(principal) if tracing::enabled!(tracing::Level::INFO) => {
+            Some(crate::LoggedCaller {
+                user: principal.user.name.clone(),
+                key_id: principal.token_key().map(|k| k.short().to_owned()),
+            })
+        }
+        _ => None,
     };
     req.extensions_mut().insert(Gated {
         client,
         route,
-        caller,
+        decision,
     });
     let mut response = next(req).await;
     if let Some(logged) = logged {
@@ -148,7 +135,7 @@ where
 }
 
 /// What the gate decided about a request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Decision {
     /// No credentials needed (ping, login, the forward-auth endpoint itself).
     Open,
@@ -386,8 +373,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Gated>().map(|g| &g.caller) {
-            Some(Caller::Allowed(principal)) => Ok(principal.clone()),
+        match parts.extensions.get::<Gated>().map(|g| &g.decision) {
+            Some(Decision::Allowed(principal)) => Ok(Principal::clone(principal)),
             _ => Err(ApiError::unauthorized(
                 "You must be logged in.",
                 Challenge::Bearer,
@@ -401,8 +388,8 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(MaybePrincipal(
-            match parts.extensions.get::<Gated>().map(|g| &g.caller) {
-                Some(Caller::Lenient(who)) => who.clone(),
+            match parts.extensions.get::<Gated>().map(|g| &g.decision) {
+                Some(Decision::Lenient(who)) => who.as_deref().cloned(),
                 _ => None,
             },
         ))

@@ -2,7 +2,7 @@
 //! registry, bodies streaming both ways. The client's credentials never reach the upstream,
 //! and tarball URLs in package documents are rewritten to point at tokengate.
 
-use crate::auth::{Caller, Gated};
+use crate::auth::{Decision, Gated};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::ApiError;
 use crate::registry_path::{Operation, Route};
@@ -119,8 +119,8 @@ async fn forward_checked(
     req: Request,
 ) -> Result<Response, ApiError> {
     let route = &gated.route;
-    let user = match &gated.caller {
-        Caller::Allowed(principal) => Some(principal.user.name.clone()),
+    let user = match &gated.decision {
+        Decision::Allowed(principal) => Some(principal.user.name.clone()),
         _ => None,
     };
     let client = gated.client.to_string();
