@@ -8,8 +8,9 @@
 //!   missing) and N publish tokens in batches, and writes the first 1000 tokens to FILE.
 //! - `bench inproc --database-url URL --tokens FILE [--requests N] [--case whoami|verify]`:
 //!   calls tokengate's whole application (every layer, the gate and the handler, no network)
-//!   with authenticated `GET /-/whoami` (or `/-/auth/verify`) requests on one thread, and prints the time per request. It isolates the
-//!   application's own cost from HTTP parsing and TCP, which the wrk runs cannot.
+//!   with authenticated `GET /-/whoami` (or `/-/auth/verify`) requests on one thread, and
+//!   prints the time per request. It isolates the application's own cost from HTTP parsing
+//!   and TCP, which the wrk runs cannot.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -208,15 +208,17 @@ pub fn observe_request(method: &Method, route: Option<&str>, status: StatusCode,
     // each thread keeps the handles of the series it has used. The labels are bounded (route
     // templates, standard methods, statuses), and so is this map.
     let code = status.as_u16();
+    let count = |(requests, duration): &(IntCounter, Histogram)| {
+        requests.inc();
+        duration.observe(took.as_secs_f64());
+    };
     SERIES.with_borrow_mut(|series| {
         // One lookup for a series seen before; the first use of a series takes a second.
         let seen = series
             .get(route)
             .and_then(|of_route| of_route.iter().find(|(m, c, _)| *m == method && *c == code));
-        if let Some((_, _, (count, time))) = seen {
-            count.inc();
-            time.observe(took.as_secs_f64());
-            return;
+        if let Some((_, _, handles)) = seen {
+            return count(handles);
         }
         let handles = (
             METRICS
@@ -224,8 +226,7 @@ pub fn observe_request(method: &Method, route: Option<&str>, status: StatusCode,
                 .with_label_values(&[method, route, status.as_str()]),
             METRICS.duration.with_label_values(&[method, route]),
         );
-        handles.0.inc();
-        handles.1.observe(took.as_secs_f64());
+        count(&handles);
         series
             .entry(Box::from(route))
             .or_default()

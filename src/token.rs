@@ -125,10 +125,10 @@ impl TokenKey {
     }
 }
 
-/// Lowercase hex without going through `char` iterators: this runs on every request.
+/// Lowercase hex, filled in place rather than through `char` iterators or a push per digit:
+/// this runs on every request.
 fn lower_hex(digest: &[u8; 64]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    // Filled in place rather than pushed digit by digit: this runs on every request.
     let mut out = [0u8; 128];
     for (pair, b) in out.chunks_exact_mut(2).zip(digest) {
         pair[0] = DIGITS[usize::from(b >> 4)];
