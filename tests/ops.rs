@@ -886,7 +886,7 @@ fn idle_slow_and_greedy_clients_do_not_keep_others_out() {
         dir.path(),
         Some(&db.url),
         &[
-            ("TOKENGATE_HEADER_TIMEOUT_SECS", "3"),
+            ("TOKENGATE_HEADER_TIMEOUT_SECS", "5"),
             ("TOKENGATE_BODY_TIMEOUT_SECS", "1"),
             ("TOKENGATE_MAX_HEADER_BYTES", "8192"),
             ("TOKENGATE_MAX_CONNECTIONS", "600"),
@@ -925,8 +925,10 @@ fn idle_slow_and_greedy_clients_do_not_keep_others_out() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     eprintln!("500 idle connections held: the slowest of 20 whoami answers took {slowest:?}");
+    // Before the header timeout of the first of them: none may have been closed yet (3 s
+    // proved too short when CI was slow to open the 500).
     assert!(
-        held_since.elapsed() < Duration::from_secs(3),
+        held_since.elapsed() < Duration::from_secs(3) && opened.elapsed() < Duration::from_secs(5),
         "the legitimate requests were checked while the idle connections were held"
     );
     let m = http(addr, "GET", "/-/metrics", &[], None);
@@ -939,11 +941,11 @@ fn idle_slow_and_greedy_clients_do_not_keep_others_out() {
         assert!(closed.is_some(), "connection {i} still open");
     }
     eprintln!(
-        "idle connections closed {:?} after they were opened (header timeout 3 s)",
+        "idle connections closed {:?} after they were opened (header timeout 5 s)",
         opened.elapsed()
     );
     assert!(
-        opened.elapsed() >= Duration::from_secs(3),
+        opened.elapsed() >= Duration::from_secs(5),
         "closed too early"
     );
     drop(idle);
