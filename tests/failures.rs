@@ -1081,6 +1081,91 @@ fn a_full_disk_refuses_writes_with_a_clear_503_and_reads_go_on() {
     drop(server);
 }
 
+/// SQLite rolls a transaction back by itself when its COMMIT hits a full disk; sqlx's own
+/// ROLLBACK then fails and it goes on counting one open transaction, so the connection's next
+/// transaction opens as a SAVEPOINT, and when that one fails too its rollback leaves SQLite
+/// inside it for good: later reads see an old snapshot and later writes are never committed.
+/// One pooled connection makes the two failures land on it for sure (in the server it took a
+/// race, and an occasional 401 for a token created after the disk had space again).
+#[test]
+fn transactions_failed_on_a_full_disk_leave_no_connection_inside_one() {
+    use tokengate::store::{NewUser, PoolSettings, SqlStore, Store, TokenKind, TokenUse};
+    use tokengate::token::PlainToken;
+    use tokengate::token_request::TokenSpec;
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!("SKIPPED: mounting a tmpfs is not permitted here");
+        return;
+    };
+    let url = format!("sqlite://{}", disk.path().join("tokengate.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let one_connection = PoolSettings {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        };
+        let store = SqlStore::connect(&url, &one_connection).await.unwrap();
+        let owner = store
+            .create_user(&NewUser {
+                name: "alice".into(),
+                email: "alice@example.com".into(),
+                password_hash: "not a hash: never checked here".into(),
+            })
+            .await
+            .unwrap();
+        let record = |token: &PlainToken| {
+            TokenSpec::unrestricted(TokenKind::Publish, None, None).into_record(
+                token.key(),
+                owner.id,
+                token.redacted("npm_"),
+                chrono::Utc::now(),
+            )
+        };
+        let used = PlainToken::generate("npm_");
+        store.insert_token(&record(&used)).await.unwrap();
+        // An empty write-ahead log: every write from here on needs new space on the disk.
+        let mut side = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut side)
+            .await
+            .unwrap();
+
+        let filler = disk.path().join("filler");
+        disk.fill(&filler);
+        let uses = [TokenUse {
+            key: used.key(),
+            at: chrono::Utc::now(),
+            client: "127.0.0.1".into(),
+        }];
+        for attempt in 1..=2 {
+            let failed = store.record_token_uses(&uses).await;
+            assert!(failed.is_err(), "write {attempt} on a full disk succeeded");
+        }
+
+        std::fs::remove_file(&filler).unwrap();
+        let after = PlainToken::generate("npm_");
+        store.insert_token(&record(&after)).await.unwrap();
+        // Another connection, as another replica or request would read it.
+        use sqlx::Row;
+        let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE key = $1")
+            .bind(&after.key().0)
+            .fetch_one(&mut side)
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(
+            stored, 1,
+            "the token written after the disk had space is not committed"
+        );
+        store.record_token_uses(&uses).await.unwrap();
+        store.close().await;
+    });
+}
+
 #[test]
 fn a_read_only_database_refuses_writes_with_a_clear_503_and_reads_go_on() {
     let bin = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use super::*;
 use anyhow::Context;
 use chrono::TimeZone;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +43,28 @@ impl SqlStore {
         };
         let mut options = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout);
+            .acquire_timeout(settings.acquire_timeout)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // A transaction dropped without commit queues its rollback; the ping runs
+                    // it. Still inside a transaction after that means the connection and sqlx
+                    // disagree on it: SQLite rolls a transaction back by itself when COMMIT
+                    // hits a full disk, sqlx's ROLLBACK then fails and keeps counting one
+                    // level, and the next transaction opens as a SAVEPOINT whose rollback
+                    // leaves it open for good (stale reads, writes never committed). Such a
+                    // connection is closed instead of reused.
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
+                    if conn.is_in_transaction() {
+                        tracing::warn!(
+                            "closed a database connection left inside a failed transaction"
+                        );
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+            });
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
