@@ -860,6 +860,7 @@ impl Store for SqlStore {
         if let Some(hit) = cache.and_then(|c| c.get(key)) {
             return Ok(Some(hit));
         }
+        let generation = cache.map(|c| c.generation()).unwrap_or_default();
         let row = sqlx::query(&token_with_owner_query("t.key = $1"))
             .bind(&key.0)
             .fetch_optional(&self.pool)
@@ -867,7 +868,7 @@ impl Store for SqlStore {
             .map_err(map_err)?;
         let found = row.as_ref().map(token_with_owner).transpose()?;
         if let (Some(cache), Some(found)) = (cache, &found) {
-            cache.insert(found.clone());
+            cache.insert(found.clone(), generation);
         }
         Ok(found)
     }
