@@ -19,6 +19,7 @@ pub mod probe;
 pub mod proxy;
 pub mod rate_limit;
 pub mod registry_path;
+pub mod route_table;
 pub mod second_factor;
 pub mod server;
 pub mod store;
@@ -124,10 +125,45 @@ pub struct LoggedCaller {
 pub const REQUEST_ID_HEADER: axum::http::HeaderName =
     axum::http::HeaderName::from_static("x-request-id");
 
-/// The whole HTTP application; shared by `main` and the tests.
+/// The whole HTTP application as a `Router`, for the tests and the in-process bench. The
+/// server calls [`service`] directly, which spares the outer router.
 pub fn app(state: AppState) -> Router {
+    Router::new().fallback_service(service(state))
+}
+
+/// The whole HTTP application: one observe layer (request id, deadline, gate, access log,
+/// metrics) around the router, applied once rather than on every route.
+pub fn service(
+    state: AppState,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = futures_util::future::BoxFuture<
+        'static,
+        Result<axum::response::Response, std::convert::Infallible>,
+    >,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let (router, templates) = routes(&state).into_parts();
+    let observe = observe::ObserveLayer {
+        gate: Some(state.clone()),
+        deadline: Duration::from_secs(state.config.request_timeout_secs),
+        forwarding: state.upstream.is_some(),
+        templates,
+    };
     let limit = state.config.max_body_bytes;
-    let router = Router::new()
+    tower::ServiceBuilder::new()
+        .layer(observe)
+        .layer(DefaultBodyLimit::max(limit))
+        .service(router.with_state(state))
+}
+
+/// Every route, with its template for the metrics.
+fn routes(state: &AppState) -> route_table::Routes<AppState> {
+    let routes = route_table::Routes::new()
         .route("/-/ping", get(api::user::ping))
         .route("/-/openapi.json", get(openapi::document))
         .route("/-/health/live", get(api::user::live))
@@ -152,26 +188,16 @@ pub fn app(state: AppState) -> Router {
             get(api::profile::get).post(api::profile::update),
         )
         .route("/-/auth/verify", any(api::verify::verify))
-        .fallback(proxy::forward)
-        .method_not_allowed_fallback(method_not_allowed);
+        .map_router(|router| {
+            router
+                .fallback(proxy::forward)
+                .method_not_allowed_fallback(method_not_allowed)
+        });
     // The observe layer runs the gate for every route but this one.
-    let router = match state.config.metrics_path.as_str() {
-        "" => router,
-        path => router.route(path, get(metrics::endpoint).fallback(method_not_allowed)),
-    };
-    // One layer (one boxed route per request) for everything that wraps every request.
-    let observe = observe::ObserveLayer {
-        gate: Some(state.clone()),
-        deadline: Duration::from_secs(state.config.request_timeout_secs),
-        forwarding: state.upstream.is_some(),
-    };
-    router
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(observe)
-                .layer(DefaultBodyLimit::max(limit)),
-        )
-        .with_state(state)
+    match state.config.metrics_path.as_str() {
+        "" => routes,
+        path => routes.route(path, get(metrics::endpoint).fallback(method_not_allowed)),
+    }
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -2,11 +2,13 @@
 //! UUID), the request deadline, a panic answered 500, the gate ([`crate::auth::gate`]), the
 //! access log line and the request metrics. One hand-written service instead of a stack of
 //! `from_fn` layers: each of those clones the boxed route and boxes a future per request, which
-//! showed in the profile of the per-request check (docs/performance.md).
+//! showed in the profile of the per-request check (docs/performance.md). For the same reason
+//! it wraps the whole router ([`crate::service`]) rather than each route, and takes the route
+//! template for the metrics from [`crate::route_table`].
 
 use crate::error::ApiError;
 use crate::{auth, metrics, registry_path, AppState, LoggedCaller, REQUEST_ID_HEADER};
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -28,6 +30,8 @@ pub struct ObserveLayer {
     /// Registry requests are forwarded upstream: they have the upstream's own timeout instead
     /// (publishes upload for a while).
     pub forwarding: bool,
+    /// The router's route templates, for the metrics' `route` label.
+    pub templates: crate::route_table::Templates,
 }
 
 impl<S> Layer<S> for ObserveLayer {
@@ -66,11 +70,13 @@ where
         let method = req.method().clone();
         // Only the access log needs the path afterwards; a copy costs an allocation.
         let logged_uri = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().clone());
-        let route = req.extensions().get::<MatchedPath>().cloned();
+        let route = self.settings.templates.of(req.uri().path());
         // Scrapers have no npm credentials, and the metrics hold no secrets.
-        let gate = self.settings.gate.clone().filter(|state| {
-            route.as_ref().map(|r| r.as_str()) != Some(state.config.metrics_path.as_str())
-        });
+        let gate = self
+            .settings
+            .gate
+            .clone()
+            .filter(|state| route.as_deref() != Some(state.config.metrics_path.as_str()));
         // What the request is for, once, for the gate and the deadline.
         let operation = (gate.is_some() || self.settings.forwarding)
             .then(|| registry_path::route(&method, req.uri().path(), ""));
@@ -126,7 +132,7 @@ where
                 };
                 let took = started.elapsed();
                 let status = response.status();
-                metrics::observe_request(&method, route.as_ref().map(|r| r.as_str()), status, took);
+                metrics::observe_request(&method, route.as_deref(), status, took);
                 if let Some(uri) = logged_uri {
                     let caller = response.extensions().get::<LoggedCaller>();
                     tracing::info!(
@@ -217,6 +223,7 @@ mod tests {
             gate: None,
             deadline,
             forwarding: false,
+            templates: Default::default(),
         }
     }
 

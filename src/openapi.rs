@@ -247,12 +247,13 @@ pub fn too_many() -> ApiResponse {
 mod tests {
     use super::*;
 
-    /// `(method, path)` of every `.route(…)` in `app()` with a literal path, read from the source
-    /// so that a new route cannot be left out of the description (`any` is documented as GET).
+    /// `(method, path)` of every `.route(…)` in `routes()` with a literal path, read from the
+    /// source so that a new route cannot be left out of the description (`any` is documented as
+    /// GET).
     fn routes_in_app() -> Vec<(String, String)> {
         let src = include_str!("lib.rs");
-        let start = src.find("pub fn app(").expect("app() in lib.rs");
-        let end = start + src[start..].find("\n}\n").expect("end of app()");
+        let start = src.find("fn routes(").expect("routes() in lib.rs");
+        let end = start + src[start..].find("\n}\n").expect("end of routes()");
         let body = &src[start..end];
         let mut routes = Vec::new();
         for (at, _) in body.match_indices(".route(") {

@@ -2,7 +2,8 @@
 //! request head (also the idle time of kept-alive connections), the size of that head, the pause
 //! allowed while a body arrives, and the graceful shutdown.
 
-use crate::{app, AppState};
+use crate::AppState;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -37,7 +38,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = state.config.clone();
-    let router = app(state);
+    let app = crate::service(state);
     let mut http = hyper::server::conn::http1::Builder::new();
     // No hyper header timer: it costs a timer per request; the connection's watchdog enforces
     // `header_timeout_secs` instead.
@@ -72,15 +73,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let app = app.clone();
         let activity = Arc::new(Activity::default());
         let exchanges = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let answered = Answered::start(exchanges.clone());
-            let response = router
+            let response = app
                 .clone()
-                .call(req.map(|body| TimeoutBody::new(body_timeout, body)));
+                .call(req.map(|body| Body::new(TimeoutBody::new(body_timeout, body))));
             async move {
                 let Ok(response) = response.await;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody {

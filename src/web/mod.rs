@@ -16,6 +16,7 @@ mod tfa;
 mod tokens;
 
 use crate::error::ApiError;
+use crate::route_table::Routes;
 use crate::AppState;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Query};
@@ -23,12 +24,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
-use axum::Router;
 use maud::html;
 
 /// The pages' routes, with their security headers.
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
         .route("/-/web", get(home))
         .route("/-/web/", get(home))
         .route("/-/web/login", get(signin::show).post(signin::submit))
@@ -57,7 +57,7 @@ pub fn routes() -> Router<AppState> {
             get(npm_login::show).post(npm_login::decide),
         )
         .route("/-/web/{*rest}", any(not_found))
-        .layer(middleware::map_response(layout::page_headers))
+        .map_router(|router| router.layer(middleware::map_response(layout::page_headers)))
 }
 
 async fn home() -> Redirect {
