@@ -22,12 +22,25 @@ pub struct UsageTracker {
     pending: [Mutex<Pending>; SHARDS],
 }
 
+/// A use as compared with the one before: tracker, key fingerprint, second, address.
+type Noted = (usize, [u8; 16], i64, IpAddr);
+
 thread_local! {
-    /// The use this thread noted last (tracker, key fingerprint, second, address): a token used
-    /// again in the same second from the same address needs no lock at all. The stored time is
-    /// then at most a second older than the last use, and when two addresses use one token in
-    /// the same second the one stored may not be the very last.
-    static LAST_NOTED: Cell<Option<(usize, u64, i64, IpAddr)>> = const { Cell::new(None) };
+    /// The use this thread noted last: a token used again in the same second from the same
+    /// address needs no lock at all. The stored time is then at most a second older than the
+    /// last use, and when two addresses use one token in the same second the one stored may not
+    /// be the very last.
+    static LAST_NOTED: Cell<Option<Noted>> = const { Cell::new(None) };
+}
+
+/// The key's first 16 hex digits (64 bits of a SHA-512), as they are: enough to tell the
+/// tokens one thread checks in a row apart.
+fn fingerprint(key: &TokenKey) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let hex = key.0.as_bytes();
+    let n = hex.len().min(16);
+    out[..n].copy_from_slice(&hex[..n]);
+    out
 }
 
 impl UsageTracker {
@@ -56,14 +69,9 @@ impl UsageTracker {
     /// pending.
     pub fn record(&self, key: &TokenKey, client: IpAddr) {
         let now = Utc::now();
-        let fingerprint = key
-            .0
-            .get(..16)
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-            .unwrap_or_default();
         let noted = (
             self as *const Self as usize,
-            fingerprint,
+            fingerprint(key),
             now.timestamp(),
             client,
         );
