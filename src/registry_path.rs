@@ -141,7 +141,11 @@ pub fn classify(method: &Method, path: &str) -> Operation {
 /// Classifies a request by method and path (still percent-encoded, with or without a query),
 /// after stripping `prefix` (a registry mounted under a path, e.g. `/npm`).
 pub fn route(method: &Method, path: &str, prefix: &str) -> Route {
-    let path = path.split(['?', '#']).next().unwrap_or("");
+    // By bytes: a `char` pattern decodes every character, and this runs on every request.
+    let path = match path.bytes().position(|b| b == b'?' || b == b'#') {
+        Some(end) => &path[..end],
+        None => path,
+    };
     let path = match path.strip_prefix(prefix) {
         Some(rest) if !prefix.is_empty() && (rest.is_empty() || rest.starts_with('/')) => rest,
         _ => path,
