@@ -2,15 +2,15 @@
 # Measures tokengate's per-request check against the floor (SHA-512 + an in-memory map lookup
 # in a bare axum server) with wrk, on SQLite and PostgreSQL. See bench/README.md.
 #
-#   bench/run.sh                      # 1,000 tokens, 10 s per case, 3 interleaved rounds
+#   bench/run.sh                      # 1,000 tokens, 6 interleaved rounds of 5 s per case
 #   TOKENS=1000000 bench/run.sh       # the same with a million tokens stored
 #   SMOKE=1 bench/run.sh              # a 1-second round, for CI (no figures asserted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOKENS=${TOKENS:-1000}
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-6}
 CONNS=${CONNS:-64}
 STORES=${STORES:-"sqlite postgres"}
 PG=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
