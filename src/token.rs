@@ -27,8 +27,7 @@ impl std::hash::Hash for TokenKey {
     /// are plenty for a hash table, and hashing all 128 digits showed in the per-request check's
     /// profile (the verification cache is keyed by it). Equal keys still hash equally.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let digits = self.0.as_bytes();
-        state.write(&digits[..digits.len().min(16)]);
+        state.write(self.head());
     }
 }
 
@@ -117,6 +116,13 @@ impl TokenKey {
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         .then(|| TokenKey(s.to_owned()))
+    }
+
+    /// The first 16 hex digits (64 bits of the digest), which tell keys apart well enough for
+    /// a hash table or for noticing the same token used twice in a row.
+    pub fn head(&self) -> &[u8] {
+        let digits = self.0.as_bytes();
+        &digits[..digits.len().min(16)]
     }
 
     /// A short id for logs: enough to find the token, useless to an attacker.
