@@ -3,17 +3,17 @@
 //!
 //! Counters live in one process-wide registry, so [`auth_outcome`] can be called from anywhere
 //! without the state. Labels are bounded: routes are the matched route templates (never raw
-//! paths, which may carry tokens), methods outside the standard ones count as `other`.
+//! paths, which may carry tokens), methods outside the standard ones count as `other`. The
+//! counts every request writes are kept per thread ([`per_thread`]).
+
+mod per_thread;
 
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus::core::Collector;
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
-use std::collections::HashMap;
+use prometheus::{IntCounter, IntGauge, Opts, Registry};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -91,10 +91,6 @@ impl AuthOutcome {
 
 struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    /// One counter per outcome, in the order of [`AuthOutcome::ALL`], resolved once.
-    auth: Vec<IntCounter>,
     open_connections: IntGauge,
     refused_connections: IntCounter,
 }
@@ -104,34 +100,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tokengate_http_requests_total",
-                "HTTP requests answered, by method, route template and status.",
-            ),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tokengate_http_request_duration_seconds",
-                "Time from receiving a request to its answer, by method and route template.",
-            ),
-            &["method", "route"],
-        )
-        .expect("valid metric");
-        let auth = IntCounterVec::new(
-            Opts::new(
-                "tokengate_auth_outcomes_total",
-                "Authentication and authorization decisions, by outcome.",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let auth_counters = AuthOutcome::ALL
-            .iter()
-            .map(|outcome| auth.with_label_values(&[outcome.as_str()]))
-            .collect();
         let info = IntGauge::with_opts(
             Opts::new(
                 "tokengate_build_info",
@@ -150,9 +118,7 @@ impl Metrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(requests.clone()) as Box<dyn Collector>,
-            Box::new(duration.clone()),
-            Box::new(auth.clone()),
+            Box::new(per_thread::Collected::new()) as Box<dyn Collector>,
             Box::new(info),
             Box::new(open_connections.clone()),
             Box::new(refused_connections.clone()),
@@ -163,9 +129,6 @@ impl Metrics {
         }
         Metrics {
             registry,
-            requests,
-            duration,
-            auth: auth_counters,
             open_connections,
             refused_connections,
         }
@@ -195,50 +158,18 @@ impl Drop for OpenConnection {
 
 /// Counts one authentication outcome.
 pub fn auth_outcome(reason: AuthOutcome) {
-    // `ALL` lists the outcomes in declaration order (a test checks it).
-    METRICS.auth[reason as usize].inc();
+    per_thread::outcome(reason);
 }
 
 /// Counts one answered request. `route` is the matched route template, `None` when no route
 /// matched.
 pub fn observe_request(method: &Method, route: Option<&str>, status: StatusCode, took: Duration) {
-    let method = method_label(method);
-    let route = route.unwrap_or(UNMATCHED_ROUTE);
-    // The label lookup (hashing three labels under a lock) showed in the per-request profile;
-    // each thread keeps the handles of the series it has used. The labels are bounded (route
-    // templates, standard methods, statuses), and so is this map.
-    let code = status.as_u16();
-    let count = |(requests, duration): &(IntCounter, Histogram)| {
-        requests.inc();
-        duration.observe(took.as_secs_f64());
-    };
-    SERIES.with_borrow_mut(|series| {
-        // One lookup for a series seen before; the first use of a series takes a second.
-        let seen = series
-            .get(route)
-            .and_then(|of_route| of_route.iter().find(|(m, c, _)| *m == method && *c == code));
-        if let Some((_, _, handles)) = seen {
-            return count(handles);
-        }
-        let handles = (
-            METRICS
-                .requests
-                .with_label_values(&[method, route, status.as_str()]),
-            METRICS.duration.with_label_values(&[method, route]),
-        );
-        count(&handles);
-        series
-            .entry(Box::from(route))
-            .or_default()
-            .push((method, code, handles));
-    });
-}
-
-/// A thread's handles of the request series it has counted: by route, then method and status.
-type SeriesHandles = HashMap<Box<str>, Vec<(&'static str, u16, (IntCounter, Histogram))>>;
-
-thread_local! {
-    static SERIES: std::cell::RefCell<SeriesHandles> = Default::default();
+    per_thread::request(
+        method_label(method),
+        route.unwrap_or(UNMATCHED_ROUTE),
+        status.as_u16(),
+        took,
+    );
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -362,6 +293,39 @@ mod tests {
             "tokengate_http_request_duration_seconds_count{{method=\"DELETE\",route=\"{route}\"}}"
         );
         assert!(sample(&text, &count).unwrap() >= 1.0, "{text}");
+    }
+
+    #[test]
+    fn counts_of_every_thread_are_summed_into_cumulative_buckets() {
+        let route = "/-/test/summed-over-threads";
+        std::thread::scope(|s| {
+            for took in [2, 20, 20_000] {
+                s.spawn(move || {
+                    observe_request(
+                        &Method::GET,
+                        Some(route),
+                        StatusCode::OK,
+                        Duration::from_millis(took),
+                    )
+                });
+            }
+        });
+        let text = render(None);
+        let series = |name: &str, extra: &str| {
+            let labels = format!("method=\"GET\",route=\"{route}\"{extra}");
+            sample(&text, &format!("{name}{{{labels}}}"))
+        };
+        let requests = "tokengate_http_requests_total";
+        assert_eq!(series(requests, ",status=\"200\""), Some(3.0), "{text}");
+        let buckets = "tokengate_http_request_duration_seconds_bucket";
+        assert_eq!(series(buckets, ",le=\"0.005\""), Some(1.0), "{text}");
+        assert_eq!(series(buckets, ",le=\"0.025\""), Some(2.0), "{text}");
+        assert_eq!(series(buckets, ",le=\"10\""), Some(2.0), "{text}");
+        assert_eq!(series(buckets, ",le=\"+Inf\""), Some(3.0), "{text}");
+        let count = "tokengate_http_request_duration_seconds_count";
+        assert_eq!(series(count, ""), Some(3.0), "{text}");
+        let sum = series("tokengate_http_request_duration_seconds_sum", "").unwrap();
+        assert!((sum - 20.022).abs() < 1e-9, "{sum}");
     }
 
     #[test]
