@@ -5,6 +5,7 @@ pub mod api;
 pub mod attempts;
 pub mod audit;
 pub mod auth;
+pub mod body_limit;
 pub mod client_ip;
 pub mod config;
 pub mod error;
@@ -37,7 +38,6 @@ use crate::error::ApiError;
 use crate::keyring::KeyRing;
 use crate::rate_limit::FailureLimiter;
 use crate::store::Store;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 use std::sync::Arc;
@@ -155,10 +155,10 @@ pub fn service(
         templates,
     };
     let limit = state.config.max_body_bytes;
-    tower::ServiceBuilder::new()
-        .layer(observe)
-        .layer(DefaultBodyLimit::max(limit))
-        .service(router.with_state(state))
+    tower::Layer::layer(
+        &observe,
+        body_limit::BodyLimit::new(router.with_state(state), limit),
+    )
 }
 
 /// Every route, with its template for the metrics.
