@@ -8,21 +8,16 @@ use axum::http::Method;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-type Limited<S> = <DefaultBodyLimit as Layer<S>>::Service;
-
 /// `inner` with `DefaultBodyLimit::max` for every method but GET and HEAD.
 #[derive(Clone)]
-pub struct BodyLimit<S: Clone> {
-    plain: S,
-    limited: Limited<S>,
+pub struct BodyLimit<S> {
+    inner: S,
+    max_bytes: usize,
 }
 
-impl<S: Clone> BodyLimit<S> {
+impl<S> BodyLimit<S> {
     pub fn new(inner: S, max_bytes: usize) -> BodyLimit<S> {
-        BodyLimit {
-            limited: DefaultBodyLimit::max(max_bytes).layer(inner.clone()),
-            plain: inner,
-        }
+        BodyLimit { inner, max_bytes }
     }
 }
 
@@ -35,18 +30,18 @@ where
     type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        match self.plain.poll_ready(cx) {
-            Poll::Ready(Ok(())) => self.limited.poll_ready(cx),
-            other => other,
-        }
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> S::Future {
         if matches!(*req.method(), Method::GET | Method::HEAD) {
-            self.plain.call(req)
-        } else {
-            self.limited.call(req)
+            return self.inner.call(req);
         }
+        // The ready inner service goes into the limit's service and a fresh clone takes its
+        // place: a clone for the requests that can carry a body, none for GET and HEAD.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        DefaultBodyLimit::max(self.max_bytes).layer(ready).call(req)
     }
 }
 
