@@ -4,7 +4,7 @@
 
 use crate::api::iso;
 use crate::audit::{self, Event};
-use crate::store::{AuditFilter, AuditRecord, Store, TokenRecord, User};
+use crate::store::{AuditFilter, AuditRecord, Store, TokenRecord, TokensFrom, User};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::json;
@@ -67,7 +67,9 @@ fn status(t: &TokenRecord, now: DateTime<Utc>) -> &'static str {
 /// `tokengate token list NAME`: the user's unrevoked tokens, newest first.
 pub async fn token_list(store: &dyn Store, name: &str) -> anyhow::Result<String> {
     let u = user(store, name).await?;
-    let (tokens, _) = store.list_tokens(u.id, 0, i64::MAX / 2).await?;
+    let (tokens, _) = store
+        .list_tokens(u.id, &TokensFrom::Offset(0), i64::MAX / 2)
+        .await?;
     let now = Utc::now();
     let mut out = format!(
         "{:<12}  {:<10}  {:<8}  {:<20}  {:<20}  {:<20}  {:<15}  {}\n",

@@ -176,6 +176,17 @@ impl Harness {
         self.call(Method::GET, "/-/whoami", Some(token), None).await
     }
 
+    /// The `total` of the token list, checked against the tokens it lists.
+    async fn listed_total(&self, token: &str) -> usize {
+        let a = self
+            .call(Method::GET, "/-/npm/v1/tokens?perPage=1", Some(token), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let listed = self.list_all(token).await.len();
+        assert_eq!(a.body["total"], json!(listed), "{}", a.body);
+        listed
+    }
+
     async fn list_all(&self, token: &str) -> Vec<Value> {
         let a = self
             .call(
@@ -726,7 +737,19 @@ async fn token_list_pages_newest_first_and_shows_only_own_tokens() {
             .map(|o| o["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["t3", "t2"]);
-        assert_eq!(a.body["urls"]["next"], "/-/npm/v1/tokens?page=1&perPage=2");
+        let next = a.body["urls"]["next"].as_str().unwrap();
+        assert!(
+            next.starts_with("/-/npm/v1/tokens?page=1&perPage=2&after="),
+            "{next}"
+        );
+        let a = h.call(Method::GET, next, Some(&session), None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(names_of(&a.body), ["t1", "t0"]);
+        assert_eq!(a.body["total"], json!(5));
+        let next = a.body["urls"]["next"].as_str().unwrap();
+        let a = h.call(Method::GET, next, Some(&session), None).await;
+        assert_eq!(names_of(&a.body), ["npm login"]);
+        assert_eq!(a.body["urls"]["next"], Value::Null);
         let a = h
             .call(
                 Method::GET,
@@ -771,6 +794,133 @@ async fn token_list_pages_newest_first_and_shows_only_own_tokens() {
         let theirs = h.list_all(&bob).await;
         assert_eq!(theirs.len(), 1);
         assert_eq!(theirs[0]["name"], "npm login");
+    }
+}
+
+fn names_of(page: &Value) -> Vec<&str> {
+    page["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect()
+}
+
+/// npm follows `urls.next`; a page that starts after the last token shown neither skips nor
+/// repeats a token when tokens are revoked between pages (an offset would skip).
+#[tokio::test]
+async fn token_list_next_page_starts_after_the_last_token_shown() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let mut made = Vec::new();
+        for i in 0..5 {
+            made.push(
+                h.create_ok(&session, json!({"name": format!("t{i}")}))
+                    .await,
+            );
+            // Distinct creation times, so newest first is the order they were made in.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let a = h
+            .call(
+                Method::GET,
+                "/-/npm/v1/tokens?perPage=2",
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(names_of(&a.body), ["t4", "t3"]);
+        let next = a.body["urls"]["next"].as_str().unwrap().to_owned();
+
+        // t4, already shown, is revoked before npm asks for the next page: counted from the
+        // start, the next page would begin one token later and skip t2.
+        let key = tokengate::token::TokenKey::of(&made[4]).0;
+        let gone = h
+            .call(
+                Method::DELETE,
+                &format!("/-/npm/v1/tokens/token/{key}"),
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.body);
+
+        let mut seen = Vec::new();
+        let mut next = Some(next);
+        while let Some(path) = next {
+            let a = h.call(Method::GET, &path, Some(&session), None).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            assert_eq!(a.body["total"], json!(5), "{}", a.body);
+            seen.extend(names_of(&a.body).into_iter().map(str::to_owned));
+            next = a.body["urls"]["next"].as_str().map(str::to_owned);
+        }
+        assert_eq!(seen, ["t2", "t1", "t0", "npm login"]);
+
+        // A cursor not written by the server is refused, saying what to send.
+        for bad in ["x", "-1.ab", "5.", "12.zz"] {
+            let a = h
+                .call(
+                    Method::GET,
+                    &format!("/-/npm/v1/tokens?after={bad}"),
+                    Some(&session),
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {}", a.body);
+            assert!(
+                a.body["error"].as_str().unwrap().contains("urls.next"),
+                "{}",
+                a.body
+            );
+        }
+    }
+}
+
+/// The list's `total` is a count kept by the database: it follows every way a token starts
+/// and ends, and counts only the caller's own.
+#[tokio::test]
+async fn token_list_total_follows_creation_revocation_logout_and_password_change() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        assert_eq!(h.listed_total(&session).await, 1);
+        let other = h.login("alice").await;
+        let bob = h.login("bob").await;
+        let t0 = h.create_ok(&session, json!({"name": "t0"})).await;
+        h.create_ok(&session, json!({"name": "t1"})).await;
+        assert_eq!(h.listed_total(&session).await, 4);
+        assert_eq!(h.listed_total(&bob).await, 1);
+
+        let key = tokengate::token::TokenKey::of(&t0).0;
+        let path = format!("/-/npm/v1/tokens/token/{key}");
+        let a = h.call(Method::DELETE, &path, Some(&session), None).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+        // Revoking it again changes nothing.
+        let a = h.call(Method::DELETE, &path, Some(&session), None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
+        assert_eq!(h.listed_total(&session).await, 3);
+
+        let a = h
+            .call(
+                Method::DELETE,
+                &format!("/-/user/token/{other}"),
+                Some(&other),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(h.listed_total(&session).await, 2);
+
+        // A password change ends the other login sessions.
+        h.login("alice").await;
+        h.login("alice").await;
+        assert_eq!(h.listed_total(&session).await, 4);
+        let change = json!({"password": {"old": PW, "new": "a new long password"}});
+        let a = h.profile_post(&session, None, change).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(h.listed_total(&session).await, 2);
+        assert_eq!(h.listed_total(&bob).await, 1);
     }
 }
 

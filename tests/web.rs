@@ -14,7 +14,9 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokengate::config::{Config, Registration};
-use tokengate::store::{NewUser, NewWebSession, PoolSettings, SqlStore, Store, WebStore};
+use tokengate::store::{
+    NewUser, NewWebSession, PoolSettings, SqlStore, Store, TokensFrom, WebStore,
+};
 use tokengate::web::session::{csrf_for, hash, new_secret};
 use tokengate::AppState;
 use tower::ServiceExt;
@@ -281,7 +283,11 @@ async fn forms_without_the_right_csrf_token_are_refused() {
                 .await;
             assert_eq!(create.status, StatusCode::FORBIDDEN, "csrf {csrf:?}");
         }
-        let (tokens, _) = h.store.list_tokens(h.user_id().await, 0, 10).await.unwrap();
+        let (tokens, _) = h
+            .store
+            .list_tokens(h.user_id().await, &TokensFrom::Offset(0), 10)
+            .await
+            .unwrap();
         assert!(tokens.is_empty(), "no token made without the CSRF token");
         let out = h.post("/-/web/logout", &c, &[("csrf", "nope")]).await;
         assert_eq!(out.status, StatusCode::FORBIDDEN);
@@ -329,7 +335,11 @@ async fn forms_without_the_right_csrf_token_are_refused() {
             )
             .await;
         assert_eq!(made.status, StatusCode::OK, "{}", made.text);
-        let (tokens, _) = h.store.list_tokens(h.user_id().await, 0, 10).await.unwrap();
+        let (tokens, _) = h
+            .store
+            .list_tokens(h.user_id().await, &TokensFrom::Offset(0), 10)
+            .await
+            .unwrap();
         assert_eq!(tokens.len(), 1);
         assert!(tokens[0].readonly);
         // Signing out ends the session.

@@ -7,7 +7,7 @@ use crate::auth::{ClientAddr, Principal};
 use crate::error::{ApiError, Challenge, ErrorBody};
 use crate::openapi::OtpHeader;
 use crate::policy::Credential;
-use crate::store::{Permission, TokenKind, TokenRecord, User};
+use crate::store::{Permission, TokenCursor, TokenKind, TokenRecord, TokensFrom, User};
 use crate::token::{PlainToken, TokenKey};
 use crate::token_request::{self, CreateTokenBody, ExpiryLimits, TokenSpec};
 use crate::AppState;
@@ -134,6 +134,7 @@ pub struct ListParams {
     page: Option<String>,
     #[serde(rename = "perPage")]
     per_page: Option<String>,
+    after: Option<String>,
 }
 
 fn parse_param(
@@ -168,12 +169,17 @@ fn parse_param(
             description = "The page, from 0."),
         ("perPage" = Option<i64>, Query, minimum = 1, maximum = 9999,
             description = "Tokens per page (10 when absent)."),
+        ("after" = Option<String>, Query,
+            description = "Where the page starts, as written in the previous page's `urls.next` \
+            (`CREATED_MS.KEY`): just after that token, however deep, with no token skipped or \
+            repeated when others are created or revoked meanwhile. Without it, the page starts \
+            at `page × perPage`."),
     ),
     security(("bearer" = []), ("basic" = [])),
     responses(
         (status = 200, description = "The caller's tokens, newest first.", body = TokenPage),
-        (status = 400, description = "`page` or `perPage` is not a whole number in range.",
-            body = ErrorBody),
+        (status = 400, description = "`page` or `perPage` is not a whole number in range, or \
+            `after` is not a cursor from `urls.next`.", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -190,16 +196,34 @@ pub async fn list(
         1,
         MAX_PER_PAGE,
     )?;
-    let (tokens, total) = state
+    let from = match params.after.as_deref() {
+        None => TokensFrom::Offset(page * per_page),
+        Some(after) => TokensFrom::After(after.parse().map_err(|_| {
+            ApiError::bad_request(
+                "after must be the cursor from a token list's urls.next (CREATED_MS.KEY); \
+                 leave it out to start from the newest token.",
+            )
+        })?),
+    };
+    // One token more than the page holds tells whether there is a next page.
+    let (mut tokens, total) = state
         .store
-        .list_tokens(principal.user.id, page * per_page, per_page)
+        .list_tokens(principal.user.id, &from, per_page + 1)
         .await?;
+    let more = tokens.len() as i64 > per_page;
+    tokens.truncate(per_page as usize);
+    let next = match tokens.last() {
+        Some(last) if more => Some(format!(
+            "/-/npm/v1/tokens?page={}&perPage={per_page}&after={}",
+            (page + 1).min(i64::from(u32::MAX)),
+            TokenCursor::after(last)
+        )),
+        _ => None,
+    };
     let objects = tokens
         .iter()
         .map(|t| TokenView::of(t, &t.redacted))
         .collect();
-    let next = ((page + 1) * per_page < total)
-        .then(|| format!("/-/npm/v1/tokens?page={}&perPage={per_page}", page + 1));
     Ok(Json(TokenPage {
         objects,
         total,

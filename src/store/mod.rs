@@ -2,9 +2,11 @@
 //! on SQLite and PostgreSQL (each with its own migrations folder).
 
 pub mod cache;
+pub mod page;
 mod sql;
 pub mod web;
 
+pub use page::{TokenCursor, TokensFrom};
 pub use sql::{Backend, PoolSettings, SqlStore};
 pub use web::{NewWebSession, WebLogin, WebLoginPoll, WebSession, WebStore};
 
@@ -329,11 +331,12 @@ pub trait Store: WebStore + Send + Sync + 'static {
     async fn token_by_key(&self, key: &TokenKey) -> StoreResult<Option<TokenWithOwner>>;
     /// Live (not revoked, not expired) tokens of a user other than login sessions.
     async fn count_live_tokens(&self, user_id: i64, now: DateTime<Utc>) -> StoreResult<i64>;
-    /// A page of a user's unrevoked tokens, newest first, and how many there are in all.
+    /// Up to `limit` of a user's unrevoked tokens from `from`, newest first (ties by key), and
+    /// how many there are in all.
     async fn list_tokens(
         &self,
         user_id: i64,
-        offset: i64,
+        from: &TokensFrom,
         limit: i64,
     ) -> StoreResult<(Vec<TokenRecord>, i64)>;
     /// Disables or enables an account; a disabled account's tokens stop working at once.

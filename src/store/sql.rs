@@ -889,21 +889,43 @@ impl Store for SqlStore {
     async fn list_tokens(
         &self,
         user_id: i64,
-        offset: i64,
+        from: &TokensFrom,
         limit: i64,
     ) -> StoreResult<(Vec<TokenRecord>, i64)> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.user_id = $1 AND t.revoked_ms IS NULL \
-             ORDER BY t.created_ms DESC, t.key LIMIT $2 OFFSET $3"
-        ))
-        .bind(user_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await
+        // Both walk the partial index `tokens_live_by_user` from the newest token; only the
+        // cursor form starts where the previous page ended, without stepping over it.
+        let live = "FROM tokens t WHERE t.user_id = $1 AND t.revoked_ms IS NULL";
+        let order = "ORDER BY t.created_ms DESC, t.key";
+        let rows = match from {
+            TokensFrom::Offset(offset) => {
+                sqlx::query(&format!(
+                    "SELECT {TOKEN_COLUMNS} {live} {order} LIMIT $2 OFFSET $3"
+                ))
+                .bind(user_id)
+                .bind(limit)
+                .bind(*offset)
+                .fetch_all(&self.pool)
+                .await
+            }
+            // `created_ms <= $2` first, so the index range starts at the cursor; then the ties.
+            TokensFrom::After(cursor) => {
+                sqlx::query(&format!(
+                    "SELECT {TOKEN_COLUMNS} {live} AND t.created_ms <= $2 \
+                     AND (t.created_ms < $3 OR t.key > $4) {order} LIMIT $5"
+                ))
+                .bind(user_id)
+                .bind(cursor.created_ms)
+                .bind(cursor.created_ms)
+                .bind(cursor.key.0.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
         .map_err(map_err)?;
+        // Kept by triggers (migrations/*/0006_token_list.sql); no row: no live token yet.
         let total = sqlx::query(
-            "SELECT COUNT(*) AS n FROM tokens WHERE user_id = $1 AND revoked_ms IS NULL",
+            "SELECT COALESCE((SELECT live FROM token_counts WHERE user_id = $1), 0) AS n",
         )
         .bind(user_id)
         .fetch_one(&self.pool)

@@ -10,7 +10,7 @@ use crate::auth::ClientAddr;
 use crate::error::ApiError;
 use crate::policy::{self, Access, Credential};
 use crate::second_factor;
-use crate::store::{TokenKind, TokenRecord, User};
+use crate::store::{TokenKind, TokenRecord, TokensFrom, User};
 use crate::token::TokenKey;
 use crate::token_request::{self, CreateTokenBody, ExpiryLimits};
 use crate::AppState;
@@ -123,7 +123,11 @@ pub async fn list(
     let page_no = q.page.unwrap_or(0).clamp(0, i64::from(u32::MAX));
     let (tokens, total) = state
         .store
-        .list_tokens(who.user.id, page_no * PER_PAGE, PER_PAGE)
+        .list_tokens(
+            who.user.id,
+            &TokensFrom::Offset(page_no * PER_PAGE),
+            PER_PAGE,
+        )
         .await?;
     let notice = match q.notice.as_deref() {
         Some("revoked") => Some("The token was revoked: it no longer works."),
