@@ -47,6 +47,12 @@ measure() {
     END { if (bad > 0) print "ERROR non-2xx answers: " bad > "/dev/stderr"; printf "%.0f %.2f %.2f\n", rps, p50, p99 }'
 }
 
+# list_ms URL → the median time of 5 authenticated GETs, in ms
+list_ms() {
+  for _ in 1 2 3 4 5; do curl -fsS -o /dev/null -w '%{time_total}\n' -H "$auth" "$1"; done |
+    sort -n | awk 'NR == 3 { printf "%.1f", $1 * 1000 }'
+}
+
 printf '%-9s %-22s %10s %8s %8s %8s %8s\n' store case "req/s" "p50 ms" "p99 ms" "x floor" "p99/fl"
 for store in $STORES; do
   if [ "$store" = sqlite ]; then
@@ -123,6 +129,17 @@ for store in $STORES; do
     "$(echo "$rps / $normal" | bc -l)" "-"
   printf '%-9s %-22s %10.0f  logins/s during those runs (argon2id, bounded to half the cores)\n' "$store" "logins" \
     "$(echo "$sum_logins / $ROUNDS" | bc -l)"
+  # The token list of the user who owns every seeded token: the first page, and a page in the
+  # middle reached as npm reaches it (the `after` cursor of `urls.next`) and by `?page=N`.
+  if [ "$TOKENS" -ge 100 ]; then
+    list="http://127.0.0.1:$port/-/npm/v1/tokens"
+    middle=$((TOKENS / 20))
+    after=$(curl -fsS -H "$auth" "$list?page=$middle&perPage=10" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["urls"]["next"])')
+    printf '%-9s token list of the owner of all %s tokens, median of 5 (ms): first page %.1f, middle page by cursor %.1f, by ?page=N %.1f\n' \
+      "$store" "$TOKENS" "$(list_ms "$list")" "$(list_ms "http://127.0.0.1:$port$after")" \
+      "$(list_ms "$list?page=$((middle + 1))&perPage=10")"
+  fi
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
   printf '%-9s tokens %s, start-up %.2f s, RSS idle %s MiB, after the runs %s MiB; %s\n' "$store" "$TOKENS" \
     "$startup" "$((idle_rss / 1024))" "$((rss / 1024))" "$(tail -1 "$work/seed.log")"
