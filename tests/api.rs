@@ -172,6 +172,20 @@ impl Harness {
         a.body["token"].as_str().unwrap().to_owned()
     }
 
+    /// Tokens named t0, t1, … made in that order, each in a later millisecond than the one
+    /// before, so that newest first is the reverse of that order.
+    async fn create_named(&self, session: &str, count: usize) -> Vec<String> {
+        let mut made = Vec::new();
+        for i in 0..count {
+            made.push(
+                self.create_ok(session, json!({"name": format!("t{i}")}))
+                    .await,
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        made
+    }
+
     async fn whoami(&self, token: &str) -> Answer {
         self.call(Method::GET, "/-/whoami", Some(token), None).await
     }
@@ -714,13 +728,7 @@ async fn token_list_pages_newest_first_and_shows_only_own_tokens() {
         let h = harness(backend, |_| {}).await;
         let session = h.login("alice").await;
         let bob = h.login("bob").await;
-        let mut made = Vec::new();
-        for i in 0..4 {
-            made.push(
-                h.create_ok(&session, json!({"name": format!("t{i}")}))
-                    .await,
-            );
-        }
+        let made = h.create_named(&session, 4).await;
         let a = h
             .call(
                 Method::GET,
@@ -730,13 +738,7 @@ async fn token_list_pages_newest_first_and_shows_only_own_tokens() {
             )
             .await;
         assert_eq!(a.body["total"], json!(5));
-        let names: Vec<&str> = a.body["objects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| o["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["t3", "t2"]);
+        assert_eq!(names_of(&a.body), ["t3", "t2"]);
         let next = a.body["urls"]["next"].as_str().unwrap();
         assert!(
             next.starts_with("/-/npm/v1/tokens?page=1&perPage=2&after="),
@@ -813,15 +815,7 @@ async fn token_list_next_page_starts_after_the_last_token_shown() {
     for backend in BACKENDS {
         let h = harness(backend, |_| {}).await;
         let session = h.login("alice").await;
-        let mut made = Vec::new();
-        for i in 0..5 {
-            made.push(
-                h.create_ok(&session, json!({"name": format!("t{i}")}))
-                    .await,
-            );
-            // Distinct creation times, so newest first is the order they were made in.
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        let made = h.create_named(&session, 5).await;
         let a = h
             .call(
                 Method::GET,
