@@ -186,6 +186,12 @@ impl Harness {
         made
     }
 
+    /// `npm token revoke`: by key or by the full token, as `caller`.
+    async fn revoke(&self, caller: &str, key_or_token: &str) -> Answer {
+        let path = format!("/-/npm/v1/tokens/token/{key_or_token}");
+        self.call(Method::DELETE, &path, Some(caller), None).await
+    }
+
     async fn whoami(&self, token: &str) -> Answer {
         self.call(Method::GET, "/-/whoami", Some(token), None).await
     }
@@ -698,14 +704,7 @@ async fn narrow_tokens_cannot_manage_tokens() {
             let a = h.create(t, json!({"password": PW})).await;
             assert_eq!(a.status, StatusCode::FORBIDDEN);
             assert!(a.error().contains("read-only"), "{}", a.error());
-            let a = h
-                .call(
-                    Method::DELETE,
-                    &format!("/-/npm/v1/tokens/token/{publish}"),
-                    Some(t),
-                    None,
-                )
-                .await;
+            let a = h.revoke(t, &publish).await;
             assert_eq!(a.status, StatusCode::FORBIDDEN);
             // Package writes are refused too.
             let a = h
@@ -830,14 +829,7 @@ async fn token_list_next_page_starts_after_the_last_token_shown() {
         // t4, already shown, is revoked before npm asks for the next page: counted from the
         // start, the next page would begin one token later and skip t2.
         let key = tokengate::token::TokenKey::of(&made[4]).0;
-        let gone = h
-            .call(
-                Method::DELETE,
-                &format!("/-/npm/v1/tokens/token/{key}"),
-                Some(&session),
-                None,
-            )
-            .await;
+        let gone = h.revoke(&session, &key).await;
         assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.body);
 
         let mut seen = Vec::new();
@@ -887,11 +879,10 @@ async fn token_list_total_follows_creation_revocation_logout_and_password_change
         assert_eq!(h.listed_total(&bob).await, 1);
 
         let key = tokengate::token::TokenKey::of(&t0).0;
-        let path = format!("/-/npm/v1/tokens/token/{key}");
-        let a = h.call(Method::DELETE, &path, Some(&session), None).await;
+        let a = h.revoke(&session, &key).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
         // Revoking it again changes nothing.
-        let a = h.call(Method::DELETE, &path, Some(&session), None).await;
+        let a = h.revoke(&session, &key).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
         assert_eq!(h.listed_total(&session).await, 3);
 
@@ -929,50 +920,22 @@ async fn revoke_by_key_or_token_only_own() {
         let key = tokengate::token::TokenKey::of(&by_key).0;
 
         // Bob cannot revoke Alice's token: it is unknown to him.
-        let a = h
-            .call(
-                Method::DELETE,
-                &format!("/-/npm/v1/tokens/token/{key}"),
-                Some(&bob),
-                None,
-            )
-            .await;
+        let a = h.revoke(&bob, &key).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND);
         assert_eq!(h.whoami(&by_key).await.status, StatusCode::OK);
 
-        let a = h
-            .call(
-                Method::DELETE,
-                &format!("/-/npm/v1/tokens/token/{key}"),
-                Some(&session),
-                None,
-            )
-            .await;
+        let a = h.revoke(&session, &key).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         let a = h.whoami(&by_key).await;
         assert_eq!(
             (a.status, a.challenge()),
             (StatusCode::UNAUTHORIZED, Some("Bearer"))
         );
-        let a = h
-            .call(
-                Method::DELETE,
-                &format!("/-/npm/v1/tokens/token/{by_value}"),
-                Some(&session),
-                None,
-            )
-            .await;
+        let a = h.revoke(&session, &by_value).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         assert_eq!(h.whoami(&by_value).await.status, StatusCode::UNAUTHORIZED);
         // Twice: 404.
-        let a = h
-            .call(
-                Method::DELETE,
-                &format!("/-/npm/v1/tokens/token/{key}"),
-                Some(&session),
-                None,
-            )
-            .await;
+        let a = h.revoke(&session, &key).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND);
         assert_eq!(h.list_all(&session).await.len(), 1);
     }
@@ -1117,13 +1080,7 @@ async fn token_count_is_capped_per_user() {
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         assert!(a.error().contains("revoke"), "{}", a.error());
         // Revoking one frees a place; login sessions never count.
-        h.call(
-            Method::DELETE,
-            &format!("/-/npm/v1/tokens/token/{second}"),
-            Some(&session),
-            None,
-        )
-        .await;
+        h.revoke(&session, &second).await;
         h.login("alice").await;
         h.create_ok(&session, json!({})).await;
     }
