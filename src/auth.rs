@@ -164,7 +164,13 @@ pub async fn decide(
     let access = match policy::requirement(route.op) {
         Requirement::Public => return Ok(Decision::Open),
         Requirement::Lenient => {
-            let who = identify(state, headers, client).await.ok().flatten();
+            // A password of an account with two-factor authentication proves nothing without
+            // its code (see `policy::otp_required`): such a caller counts as anonymous here.
+            let who = identify(state, headers, client)
+                .await
+                .ok()
+                .flatten()
+                .filter(|p| !(matches!(p.credential, Credential::Password) && has_tfa(&p.user)));
             return Ok(Decision::Lenient(who.map(Box::new)));
         }
         Requirement::Authenticated(access) => access,
@@ -210,17 +216,26 @@ pub async fn decide(
         .filter(|t| t.enabled())
         .map(|t| t.mode);
     if policy::otp_required(mode, &principal.credential, access) {
+        let why = match principal.credential {
+            Credential::Password => second_factor::PASSWORD_NEEDS_OTP,
+            Credential::Token(_) => second_factor::OTP_REQUIRED,
+        };
         // Boxed: a rare path, kept out of the state of every request's future.
         Box::pin(second_factor::require(
             state,
             &principal.user,
             headers,
             client,
+            why,
         ))
         .await?;
     }
     metrics::auth_outcome(AuthOutcome::Ok);
     Ok(Decision::Allowed(Box::new(principal)))
+}
+
+fn has_tfa(user: &User) -> bool {
+    user.tfa.as_ref().is_some_and(|t| t.enabled())
 }
 
 /// Resolves the `Authorization` header into a principal. `Ok(None)`: no credentials sent.

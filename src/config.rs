@@ -48,7 +48,8 @@ pub struct Config {
     /// Longest pause allowed while a request body arrives (a JSON body is then answered 408; a
     /// forwarded upload is cut off).
     pub body_timeout_secs: u64,
-    /// Largest request head (request line and headers), in bytes; larger heads are answered 431.
+    /// Largest request head, in bytes: the request line and the header lines (`name: value`
+    /// and line end; spaces around a value not counted); larger heads are answered 431.
     pub max_header_bytes: usize,
     /// Most client connections open at once; further connections are answered 503 and closed.
     pub max_connections: usize,
@@ -77,6 +78,9 @@ pub struct Config {
     /// A path prefix under which the registry is mounted (e.g. `/npm`), stripped before a
     /// request is classified; used by the forward-auth endpoint behind nginx or Traefik.
     pub registry_path_prefix: String,
+    /// Which proxy asks `/-/auth/verify`, and so which header pair carries the original
+    /// method and URI; the other pair is refused, since the proxy passes it from the client.
+    pub forward_auth_headers: ForwardAuthHeaders,
     /// A signed-in browser is signed out after this many minutes without a page request.
     pub web_session_idle_minutes: u32,
     /// A signed-in browser is signed out this many hours after signing in, whatever it does.
@@ -127,6 +131,27 @@ pub enum Registration {
     Open,
 }
 
+/// The proxy in front of the registry that asks `/-/auth/verify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardAuthHeaders {
+    /// `X-Original-Method` and `X-Original-URI`, set by `proxy_set_header` (docs/nginx.conf).
+    Nginx,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`, set by Traefik's `forwardAuth`
+    /// (docs/traefik.yml).
+    Traefik,
+}
+
+impl ForwardAuthHeaders {
+    /// The value as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardAuthHeaders::Nginx => "nginx",
+            ForwardAuthHeaders::Traefik => "traefik",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -166,6 +191,7 @@ impl Default for Config {
             anonymous_read: false,
             public_url: String::new(),
             registry_path_prefix: String::new(),
+            forward_auth_headers: ForwardAuthHeaders::Nginx,
             web_session_idle_minutes: 60,
             web_session_max_hours: 12,
             audit_retention_days: 90,

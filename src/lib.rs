@@ -9,6 +9,7 @@ pub mod body_limit;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod head_size;
 pub mod keyring;
 pub mod metrics;
 pub mod names;
@@ -152,6 +153,7 @@ pub fn service(
         gate: Some(state.clone()),
         deadline: Duration::from_secs(state.config.request_timeout_secs),
         forwarding: state.upstream.is_some(),
+        max_head_bytes: state.config.max_header_bytes,
         templates,
     };
     let limit = state.config.max_body_bytes;

@@ -30,6 +30,9 @@ pub struct ObserveLayer {
     /// Registry requests are forwarded upstream: they have the upstream's own timeout instead
     /// (publishes upload for a while).
     pub forwarding: bool,
+    /// Requests whose head (request line and headers, [`crate::head_size`]) is larger are
+    /// answered 431 before the gate.
+    pub max_head_bytes: usize,
     /// The router's route templates, for the metrics' `route` label.
     pub templates: crate::route_table::Templates,
 }
@@ -83,6 +86,8 @@ where
         let forwarded =
             self.settings.forwarding && operation.as_ref().is_some_and(|r| r.op.is_registry());
         let deadline = (!forwarded).then_some(self.settings.deadline);
+        let head_bytes = crate::head_size::of(&req);
+        let max_head_bytes = self.settings.max_head_bytes;
         if forwarded {
             // The registry behind logs the same id (the client's, or the one replacing it).
             // Only then: no handler reads it, and one more header can make the map grow.
@@ -102,6 +107,13 @@ where
                     response
                 };
                 let handled = async {
+                    if head_bytes > max_head_bytes {
+                        return ApiError::HeadersTooLarge(format!(
+                            "The request head (request line and headers) is {head_bytes} bytes; \
+                             this server accepts at most {max_head_bytes} (max_header_bytes)."
+                        ))
+                        .into_response();
+                    }
                     match (&gate, operation) {
                         (Some(state), Some(operation)) => {
                             auth::gate(state, req, operation, next).await
@@ -223,6 +235,7 @@ mod tests {
             gate: None,
             deadline,
             forwarding: false,
+            max_head_bytes: 64 * 1024,
             templates: Default::default(),
         }
     }

@@ -93,6 +93,9 @@ pub fn authorize(credential: &Credential, access: Access, route: &Route) -> Resu
 /// A granular token: packages and scopes with one permission, orgs with another.
 fn granular(token: &TokenRecord, access: Access, route: &Route) -> Result<(), Denial> {
     let write = access == Access::Write;
+    if !route.op.is_recognised() {
+        return unrecognised(token, write);
+    }
     if let Some(org) = &route.org {
         if !token.orgs.iter().any(|o| o == org) {
             return Err(Denial(format!(
@@ -103,6 +106,8 @@ fn granular(token: &TokenRecord, access: Access, route: &Route) -> Result<(), De
         return permits(token.orgs_permission, write, &format!("the org {org}"));
     }
     let Some(package) = &route.package else {
+        // The recognised routes that name no package: search (its answer is filtered to the
+        // token's packages, see [`search_filter`]) and audit (public advisories), both reads.
         return if write {
             Err(Denial(
                 "A granular token can only change the packages, scopes and orgs it lists.".into(),
@@ -111,19 +116,10 @@ fn granular(token: &TokenRecord, access: Access, route: &Route) -> Result<(), De
             Ok(())
         };
     };
-    let scope = package
-        .strip_prefix('@')
-        .and_then(|rest| rest.split_once('/'))
-        .map(|(scope, _)| format!("@{scope}"));
-    let covered = token.packages_all
-        || token.packages.iter().any(|p| p == package)
-        || scope.is_some_and(|s| token.scopes.contains(&s));
-    if !covered {
-        let mut limits: Vec<String> = token.packages.clone();
-        limits.extend(token.scopes.iter().map(|s| format!("{s}/*")));
+    if !covers(token, package) {
         return Err(Denial(format!(
             "This token has no access to the package {package}: it is limited to {}.",
-            listing(&limits, "no packages")
+            package_limits(token)
         )));
     }
     permits(
@@ -133,12 +129,88 @@ fn granular(token: &TokenRecord, access: Access, route: &Route) -> Result<(), De
     )
 }
 
+/// A registry route tokengate does not recognise (Verdaccio's `/-/verdaccio/…`, `/-/all`, `GET
+/// /`): its answer may concern any package, so only a token that reaches every package may use
+/// it, a write needing write access to every package. Default deny: what is not known to stay
+/// within a token's packages is not allowed to a token limited to some.
+fn unrecognised(token: &TokenRecord, write: bool) -> Result<(), Denial> {
+    if token.packages_all {
+        return permits(token.packages_and_scopes_permission, write, "every package");
+    }
+    Err(Denial(format!(
+        "This token is limited to {}, and this registry route names no package tokengate can \
+         check it against. Use a login session, a publish token or a token for all packages \
+         (--packages-all) for it.",
+        package_limits(token)
+    )))
+}
+
+/// Whether a granular token's packages and scopes include `package` (its permission aside).
+fn covers(token: &TokenRecord, package: &str) -> bool {
+    let scope = package
+        .strip_prefix('@')
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(scope, _)| scope);
+    token.packages_all
+        || token.packages.iter().any(|p| p == package)
+        || scope.is_some_and(|s| token.scopes.iter().any(|t| t.strip_prefix('@') == Some(s)))
+}
+
+/// The packages and scopes a token is limited to, for messages.
+fn package_limits(token: &TokenRecord) -> String {
+    let mut limits: Vec<String> = token.packages.clone();
+    limits.extend(token.scopes.iter().map(|s| format!("{s}/*")));
+    listing(&limits, "no packages")
+}
+
+/// The token a search answer must be filtered for: a granular token limited to some packages
+/// may search, but may see only the packages it may read. `None`: the answer goes out whole.
+pub fn search_filter(credential: &Credential) -> Option<&TokenRecord> {
+    match credential {
+        Credential::Token(t) if t.kind == TokenKind::Granular && !t.packages_all => Some(t),
+        _ => None,
+    }
+}
+
+/// Whether a caller sees other users' e-mail addresses: a login session, the password or a
+/// full-permission token, as on the public registry (npm's `owner add` fills `maintainers`
+/// from them). A read-only, automation or granular token, the kind a CI holds, does not: a
+/// leaked one must not harvest the team's addresses.
+pub fn sees_others_emails(credential: &Credential) -> bool {
+    match credential {
+        Credential::Password => true,
+        Credential::Token(t) => {
+            matches!(t.kind, TokenKind::Session | TokenKind::Publish) && !t.is_read_only()
+        }
+    }
+}
+
+/// Whether `token` may read `package` (for filtering search answers).
+pub fn may_read(token: &TokenRecord, package: &str) -> bool {
+    match token.kind {
+        TokenKind::Granular => {
+            covers(token, package)
+                && token
+                    .packages_and_scopes_permission
+                    .is_some_and(|p| p != Permission::NoAccess)
+        }
+        _ => true,
+    }
+}
+
 fn permits(permission: Option<Permission>, write: bool, what: &str) -> Result<(), Denial> {
     match permission.unwrap_or(Permission::NoAccess) {
         Permission::NoAccess => Err(Denial(format!(
             "This token's permission for {what} is no-access."
         ))),
-        p if write && !p.can_write() => Err(Denial(format!(
+        // Staged publishing is not offered: such a token can stage nothing, so it may only
+        // read. It must never write directly.
+        Permission::ReadWriteStageOnly if write => Err(Denial(format!(
+            "This token is read-write-stage-only: it may stage versions of {what} for approval, \
+             never publish or change them directly, and this registry does not take staged \
+             versions. Use a read-write token or a login session."
+        ))),
+        Permission::ReadOnly if write => Err(Denial(format!(
             "This token has read-only access to {what}: it cannot change it."
         ))),
         _ => Ok(()),
@@ -165,20 +237,23 @@ fn target_name(route: &Route) -> String {
 /// Must a request needing `access` carry a one-time password? `mode` is the account's
 /// two-factor mode when enabled. Login asks for one too (see the login handler).
 ///
-/// Token management and profile changes always need one; package writes only in
-/// `auth-and-writes`, and not from automation tokens or granular tokens with `bypass_2fa`.
+/// A password (`Authorization: Basic`) of an account with two-factor authentication needs one
+/// on every request, as login does: a phished password alone is not enough. Token management
+/// and profile changes always need one; package writes only in `auth-and-writes`, and not from
+/// automation tokens or granular tokens with `bypass_2fa`.
 pub fn otp_required(mode: Option<TfaMode>, credential: &Credential, access: Access) -> bool {
     let Some(mode) = mode else {
         return false;
+    };
+    let token = match credential {
+        Credential::Password => return true,
+        Credential::Token(t) => t,
     };
     match access {
         Access::Read => false,
         Access::ManageTokens | Access::ChangeProfile => true,
         Access::Write => {
-            let bypass = match credential {
-                Credential::Token(t) => t.kind == TokenKind::Automation || t.bypass_2fa,
-                Credential::Password => false,
-            };
+            let bypass = token.kind == TokenKind::Automation || token.bypass_2fa;
             mode == TfaMode::AuthAndWrites && !bypass
         }
     }
@@ -330,6 +405,105 @@ mod tests {
         assert!(denial.0.contains("read-only"), "{}", denial.0);
     }
 
+    /// Every route the gate forwards to the registry, and who may use it (the second factor
+    /// aside). Columns: session, publish, read-only, automation, `foo` read-write, `@acme`
+    /// read-only, all packages read-only, all packages read-write, `@acme` stage-only, org
+    /// `acme` read-write, `foo` no-access, the account password.
+    #[test]
+    fn who_may_use_each_forwarded_route() {
+        use Permission::*;
+        let credentials = [
+            token(TokenKind::Session, false),
+            token(TokenKind::Publish, false),
+            token(TokenKind::ReadOnly, true),
+            token(TokenKind::Automation, false),
+            granular(&["foo"], &[], false, ReadWrite, &[], None),
+            granular(&[], &["@acme"], false, ReadOnly, &[], None),
+            granular(&[], &[], true, ReadOnly, &[], None),
+            granular(&[], &[], true, ReadWrite, &[], None),
+            granular(&[], &["@acme"], false, ReadWriteStageOnly, &[], None),
+            granular(&[], &[], false, ReadWrite, &["acme"], Some(ReadWrite)),
+            granular(&["foo"], &[], false, NoAccess, &[], None),
+            Credential::Password,
+        ];
+        let rows = [
+            ("GET", "/foo", "yyyyynyynnny"),
+            ("HEAD", "/foo", "yyyyynyynnny"),
+            ("GET", "/foo/1.0.0", "yyyyynyynnny"),
+            ("GET", "/@acme%2fx", "yyyynyyyynny"),
+            ("GET", "/@acme/x/-/x-1.0.0.tgz", "yyyynyyyynny"),
+            ("PUT", "/@acme%2fx", "yynynnnynnny"),
+            ("PUT", "/foo", "yynyynnynnny"),
+            ("PUT", "/foo/-rev/1-a", "yynyynnynnny"),
+            ("POST", "/foo", "yynyynnynnny"),
+            ("DELETE", "/foo/-rev/1-a", "yynyynnynnny"),
+            ("DELETE", "/foo/-/foo-1.0.0.tgz/-rev/1-a", "yynyynnynnny"),
+            ("GET", "/-/package/foo/dist-tags", "yyyyynyynnny"),
+            ("PUT", "/-/package/@acme%2fx/dist-tags/beta", "yynynnnynnny"),
+            ("DELETE", "/-/package/foo/dist-tags/beta", "yynyynnynnny"),
+            ("GET", "/-/package/@acme%2fx/access", "yyyynyyyynny"),
+            ("POST", "/-/package/@acme%2fx/access", "yynynnnynnny"),
+            ("POST", "/-/stage/package/@acme%2fx", "yynynnnynnny"),
+            ("GET", "/-/org/acme/user", "yyyynnnnnyny"),
+            ("PUT", "/-/org/acme/user", "yynynnnnnyny"),
+            ("PUT", "/-/team/acme/devs/user", "yynynnnnnyny"),
+            ("GET", "/-/org/other/user", "yyyynnnnnnny"),
+            // Answers filtered to the token's packages (search) or public (audit).
+            ("GET", "/-/v1/search?text=x", "yyyyyyyyyyyy"),
+            ("POST", "/-/npm/v1/security/advisories/bulk", "yyyyyyyyyyyy"),
+            // Unrecognised: only for credentials that may read (or write) every package.
+            ("GET", "/-/verdaccio/data/packages", "yyyynnyynnny"),
+            ("GET", "/-/all", "yyyynnyynnny"),
+            ("GET", "/", "yyyynnyynnny"),
+            ("HEAD", "/-/v1/search", "yyyynnyynnny"),
+            ("GET", "/-/package/foo/unknown", "yyyynnyynnny"),
+            ("GET", "/foo/1.0.0/unknown", "yyyynnyynnny"),
+            ("POST", "/-/verdaccio/sec/login", "yynynnnynnny"),
+            ("PATCH", "/-/anything", "yynynnnynnny"),
+        ];
+        for (method, path, expected) in rows {
+            let route = on(method, path);
+            assert!(route.op.is_registry(), "{method} {path} is forwarded");
+            let access = match requirement(route.op) {
+                Requirement::Authenticated(access) => access,
+                other => panic!("{method} {path}: {other:?}"),
+            };
+            let got: String = credentials
+                .iter()
+                .map(|c| {
+                    if authorize(c, access, &route).is_ok() {
+                        'y'
+                    } else {
+                        'n'
+                    }
+                })
+                .collect();
+            assert_eq!(got, expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn search_answers_are_filtered_for_tokens_limited_to_some_packages() {
+        use Permission::*;
+        let acme = granular(&["foo"], &["@acme"], false, ReadOnly, &[], None);
+        let Some(filter) = search_filter(&acme) else {
+            panic!("a limited token's search is filtered");
+        };
+        assert!(may_read(filter, "foo") && may_read(filter, "@acme/x"));
+        assert!(!may_read(filter, "@other/y") && !may_read(filter, "foobar"));
+        assert!(!may_read(filter, "@acmex/y"));
+        let none = granular(&["foo"], &[], false, NoAccess, &[], None);
+        assert!(!may_read(search_filter(&none).unwrap(), "foo"));
+        for whole in [
+            token(TokenKind::Session, false),
+            token(TokenKind::ReadOnly, true),
+            granular(&[], &[], true, ReadOnly, &[], None),
+            Credential::Password,
+        ] {
+            assert!(search_filter(&whole).is_none(), "{whole:?}");
+        }
+    }
+
     #[test]
     fn anonymous_reads_only_when_configured() {
         assert!(anonymous_allowed(Operation::PackageRead, true));
@@ -362,6 +536,11 @@ mod tests {
             (Some(AuthAndWrites), &session, Read, false),
             (Some(AuthAndWrites), &session, Write, true),
             (Some(AuthAndWrites), &Credential::Password, Write, true),
+            // A password alone never passes two-factor authentication.
+            (Some(AuthOnly), &Credential::Password, Read, true),
+            (Some(AuthOnly), &Credential::Password, Write, true),
+            (Some(AuthAndWrites), &Credential::Password, Read, true),
+            (None, &Credential::Password, Write, false),
             (Some(AuthAndWrites), &automation, Write, false),
             (Some(AuthAndWrites), &automation, ManageTokens, true),
             (Some(AuthAndWrites), &bypassing, Write, false),

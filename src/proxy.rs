@@ -5,7 +5,9 @@
 use crate::auth::{Decision, Gated};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::ApiError;
+use crate::policy;
 use crate::registry_path::{Operation, Route};
+use crate::store::TokenRecord;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -36,9 +38,11 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Client headers the upstream must not see: credentials, and forwarding headers that only
-/// tokengate may set.
-const NOT_FORWARDED: [&str; 8] = [
+/// Client headers the upstream must not see: credentials; forwarding headers that only
+/// tokengate may set; headers some servers and frameworks take as another method or path than
+/// the request line's (the gate checked the request line, so honouring them would be a way
+/// past it); and the forward-auth inputs, which name an original request.
+const NOT_FORWARDED: [&str; 23] = [
     "authorization",
     "npm-otp",
     "cookie",
@@ -46,7 +50,22 @@ const NOT_FORWARDED: [&str; 8] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
     "x-forwarded-user",
+    "x-real-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
+    "x-original-uri",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-auth-user",
+    "x-auth-token-key",
 ];
 
 pub struct Upstream {
@@ -123,11 +142,18 @@ async fn forward_checked(
         Decision::Allowed(principal) => Some(principal.user.name.clone()),
         _ => None,
     };
+    // A token limited to some packages sees only those in a search answer.
+    let search_for = match &gated.decision {
+        Decision::Allowed(principal) if route.op == Operation::Search => {
+            policy::search_filter(&principal.credential).cloned()
+        }
+        _ => None,
+    };
     let client = gated.client.to_string();
     let (mut parts, body) = req.into_parts();
     let public = public_base(&state.config, &parts.headers);
     let original_host = parts.headers.get(header::HOST).cloned();
-    let rewrite = is_document_read(&parts.method, route);
+    let rewrite = is_json_read(&parts.method, route);
 
     parts.uri = upstream.target(&parts.uri)?;
     let headers = &mut parts.headers;
@@ -158,7 +184,7 @@ async fn forward_checked(
         headers.insert("x-forwarded-user", v);
     }
     if rewrite {
-        // The document is rewritten, so it must arrive uncompressed.
+        // The answer may be rewritten, so it must arrive uncompressed.
         headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
@@ -198,6 +224,13 @@ async fn forward_checked(
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_none_or(|n| n <= MAX_REWRITTEN_DOCUMENT);
     let plain = !parts.headers.contains_key(header::CONTENT_ENCODING);
+    if search_for.is_some() && !(parts.status != StatusCode::OK || (json && small && plain)) {
+        return Err(ApiError::BadGateway(
+            "The registry behind tokengate sent a search answer tokengate cannot filter \
+             (compressed, too large or not JSON)."
+                .into(),
+        ));
+    }
     if !(rewrite && parts.status == StatusCode::OK && json && small && plain) {
         return Ok(Response::from_parts(parts, Body::new(body)));
     }
@@ -213,18 +246,28 @@ async fn forward_checked(
         .to_bytes();
     let body = match serde_json::from_slice::<Value>(&bytes) {
         Ok(mut doc) => {
-            rewrite_tarballs(&mut doc, upstream, &public);
+            rewrite_upstream_urls(&mut doc, upstream, &public);
+            if let Some(token) = &search_for {
+                filter_search(&mut doc, token);
+            }
             parts.headers.remove(header::CONTENT_LENGTH);
             Body::from(serde_json::to_vec(&doc).expect("JSON serializes"))
+        }
+        // A search answer that cannot be filtered is not passed on.
+        Err(_) if search_for.is_some() => {
+            return Err(ApiError::BadGateway(
+                "The registry behind tokengate sent a search answer that is not JSON.".into(),
+            ))
         }
         Err(_) => Body::from(bytes),
     };
     Ok(Response::from_parts(parts, body))
 }
 
-/// Package documents carry tarball URLs: `GET /NAME` and `GET /NAME/VERSION`.
-fn is_document_read(method: &Method, route: &Route) -> bool {
-    method == Method::GET && route.op == Operation::PackageRead
+/// Reads whose JSON answers can carry the upstream's own URLs: package documents (tarball
+/// URLs), search answers, and any other read but a tarball download.
+fn is_json_read(method: &Method, route: &Route) -> bool {
+    method == Method::GET && route.op.is_registry_read() && route.op != Operation::TarballDownload
 }
 
 /// The URL clients reach tokengate by, without a trailing slash.
@@ -256,29 +299,71 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Points `versions.*.dist.tarball` URLs that name the upstream at `public` instead.
-fn rewrite_tarballs(doc: &mut Value, upstream: &Upstream, public: &str) {
-    let Some(versions) = doc.get_mut("versions").and_then(Value::as_object_mut) else {
+/// Points every string of `doc` that is a URL of the upstream (tarball URLs in package
+/// documents, links in search and other answers) at `public` instead: clients never learn the
+/// upstream's address, and download through the gate.
+fn rewrite_upstream_urls(doc: &mut Value, upstream: &Upstream, public: &str) {
+    match doc {
+        Value::String(text) => {
+            if let Some(rewritten) = upstream_url_at(text, upstream, public) {
+                *text = rewritten;
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rewrite_upstream_urls(item, upstream, public);
+            }
+        }
+        Value::Object(fields) => {
+            for value in fields.values_mut() {
+                rewrite_upstream_urls(value, upstream, public);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` with `public` in place of the upstream's scheme, authority and prefix, when `text`
+/// is an http(s) URL of the upstream.
+fn upstream_url_at(text: &str, upstream: &Upstream, public: &str) -> Option<String> {
+    // By bytes first: most strings of a document are not URLs, and parsing each would cost.
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))?
+        .strip_prefix(upstream.authority.as_str())?;
+    if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+        return None;
+    }
+    let url = text.parse::<Uri>().ok()?;
+    if url.authority() != Some(&upstream.authority) {
+        return None;
+    }
+    let path = url
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
+    let rest = path.strip_prefix(upstream.prefix.as_str())?;
+    if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+        return None;
+    }
+    Some(format!("{public}{rest}"))
+}
+
+/// Keeps in a search answer (`{"objects": [{"package": {"name": …}}], "total": N}`) only the
+/// packages `token` may read; an object without a name is dropped too.
+fn filter_search(doc: &mut Value, token: &TokenRecord) {
+    let Some(objects) = doc.get_mut("objects").and_then(Value::as_array_mut) else {
         return;
     };
-    for version in versions.values_mut() {
-        let Some(tarball) = version.pointer_mut("/dist/tarball") else {
-            continue;
-        };
-        let Some(url) = tarball.as_str().and_then(|t| t.parse::<Uri>().ok()) else {
-            continue;
-        };
-        if url.authority() != Some(&upstream.authority) {
-            continue;
-        }
-        let path = url
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let Some(rest) = path.strip_prefix(upstream.prefix.as_str()) else {
-            continue;
-        };
-        *tarball = Value::String(format!("{public}{rest}"));
+    objects.retain(|object| {
+        object
+            .pointer("/package/name")
+            .and_then(Value::as_str)
+            .is_some_and(|name| policy::may_read(token, name))
+    });
+    let kept = objects.len();
+    if let Some(total) = doc.get_mut("total") {
+        *total = Value::from(kept);
     }
 }
 
@@ -307,7 +392,7 @@ mod tests {
                 "3.0.0": {"dist": {}}
             }
         });
-        rewrite_tarballs(&mut doc, &up, "https://npm.example.com/npm");
+        rewrite_upstream_urls(&mut doc, &up, "https://npm.example.com/npm");
         let v = &doc["versions"];
         assert_eq!(
             v["1.0.0"]["dist"]["tarball"],

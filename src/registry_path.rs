@@ -88,6 +88,12 @@ impl Operation {
         )
     }
 
+    /// Whether tokengate knows what the operation concerns: everything but [`Operation::Other`],
+    /// whose answer may concern any package.
+    pub fn is_recognised(self) -> bool {
+        !matches!(self, Operation::Other { .. })
+    }
+
     /// Registry operations that change nothing.
     pub fn is_registry_read(self) -> bool {
         use Operation::*;

@@ -13,10 +13,19 @@ use std::net::IpAddr;
 
 pub const OTP_HEADER: &str = "npm-otp";
 pub const OTP_REQUIRED: &str = "This operation requires a one-time password.";
+/// Why a request with the account password (`Authorization: Basic`) is asked for a code.
+pub const PASSWORD_NEEDS_OTP: &str = "This account has two-factor authentication, so its \
+    password alone is not enough: send a one-time password with every request (npm --otp), or \
+    log in with `npm login` and use the session token it gives.";
 
 /// The 401 that makes npm prompt for a code (or fail with EOTP without a terminal).
 pub fn challenge() -> ApiError {
-    ApiError::unauthorized(OTP_REQUIRED, Challenge::Otp)
+    challenge_for(OTP_REQUIRED)
+}
+
+/// The same 401 with its reason; npm recognises it by `WWW-Authenticate: OTP`.
+fn challenge_for(why: &'static str) -> ApiError {
+    ApiError::unauthorized(why, Challenge::Otp)
 }
 
 /// The code the client sent, if any.
@@ -28,19 +37,21 @@ pub fn sent_code(headers: &HeaderMap) -> Option<&str> {
         .filter(|c| !c.is_empty())
 }
 
-/// Demands a valid one-time password when `user` has two-factor authentication enabled.
+/// Demands a valid one-time password when `user` has two-factor authentication enabled;
+/// `why` is the challenge's message.
 pub async fn require(
     state: &AppState,
     user: &User,
     headers: &HeaderMap,
     client: IpAddr,
+    why: &'static str,
 ) -> Result<(), ApiError> {
     let Some(tfa) = user.tfa.as_ref().filter(|t| t.enabled()) else {
         return Ok(());
     };
     let Some(code) = sent_code(headers) else {
         metrics::auth_outcome(AuthOutcome::OtpRequired);
-        return Err(challenge());
+        return Err(challenge_for(why));
     };
     verify(state, user, tfa, code, client).await
 }

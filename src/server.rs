@@ -42,7 +42,11 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // No hyper header timer: it costs a timer per request; the connection's watchdog enforces
     // `header_timeout_secs` instead.
-    http.max_buf_size(config.max_header_bytes);
+    // hyper's limit is on its read buffer, which a read can take to about twice the limit
+    // before hyper checks it; the exact limit on the head is the observe layer's
+    // (`crate::head_size`), and this bounds a connection's buffer at twice it, where hyper
+    // answers a bare 431 itself.
+    http.max_buf_size(2 * config.max_header_bytes);
     let header_limit = Duration::from_secs(config.header_timeout_secs);
     let body_timeout = Duration::from_secs(config.body_timeout_secs);
     let stall_limit = stall_limit(&config);

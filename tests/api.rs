@@ -1817,8 +1817,16 @@ async fn echo_upstream() -> String {
                 .to_vec(),
         )
         .unwrap();
+        let link = own.replace("/registry/x/-/x-1.0.0.tgz", "/registry/@acme/x");
         axum::Json(json!({
             "method": method, "uri": uri, "headers": headers, "body": body,
+            // What a search answers: every package, which the gate filters for limited tokens.
+            "objects": [
+                {"package": {"name": "@acme/x", "links": {"npm": link}}},
+                {"package": {"name": "@other/y"}},
+                {"package": {"name": "foo"}},
+            ],
+            "total": 3,
             "versions": {
                 "1.0.0": {"dist": {"tarball": own}},
                 "2.0.0": {"dist": {"tarball": "http://upstream.invalid/x/-/x-2.0.0.tgz"}}
@@ -1987,17 +1995,15 @@ async fn forward_auth_answers_for_the_original_request() {
         let cidr = h
             .create_ok(&session, json!({"cidr_whitelist": ["10.0.0.0/8"]}))
             .await;
-        let verify = |token: Option<String>, method: &str, uri: &str, nginx: bool| {
+        let verify = |token: Option<String>, method: &str, uri: &str| {
             let h = &h;
             let (method, uri) = (method.to_owned(), uri.to_owned());
             async move {
                 let auth = token.map(|t| format!("Bearer {t}"));
-                let (m, u) = if nginx {
-                    ("x-original-method", "x-original-uri")
-                } else {
-                    ("x-forwarded-method", "x-forwarded-uri")
-                };
-                let mut headers = vec![(m, method.as_str()), (u, uri.as_str())];
+                let mut headers = vec![
+                    ("x-original-method", method.as_str()),
+                    ("x-original-uri", uri.as_str()),
+                ];
                 if let Some(a) = &auth {
                     headers.push(("authorization", a.as_str()));
                 }
@@ -2006,31 +2012,31 @@ async fn forward_auth_answers_for_the_original_request() {
                     .await
             }
         };
-        let a = verify(Some(session.clone()), "PUT", "/npm/@acme%2fx", true).await;
+        let a = verify(Some(session.clone()), "PUT", "/npm/@acme%2fx").await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         assert_eq!(a.headers["x-auth-user"], "alice");
         assert_eq!(a.headers["x-auth-token-key"].len(), 12);
-        let a = verify(Some(read_only.clone()), "GET", "/npm/@acme%2fx", false).await;
+        let a = verify(Some(read_only.clone()), "GET", "/npm/@acme%2fx").await;
         assert_eq!(a.status, StatusCode::OK);
-        let a = verify(Some(read_only), "PUT", "/npm/@acme%2fx", false).await;
+        let a = verify(Some(read_only), "PUT", "/npm/@acme%2fx").await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         assert!(a.error().contains("read-only"), "{}", a.error());
         assert!(a.headers["x-auth-error"]
             .to_str()
             .unwrap()
             .contains("read-only"));
-        let a = verify(Some(acme.clone()), "PUT", "/npm/@acme%2fy", true).await;
+        let a = verify(Some(acme.clone()), "PUT", "/npm/@acme%2fy").await;
         assert_eq!(a.status, StatusCode::OK);
-        let a = verify(Some(acme), "PUT", "/npm/@other%2fy", true).await;
+        let a = verify(Some(acme), "PUT", "/npm/@other%2fy").await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         assert!(a.error().contains("@other/y"), "{}", a.error());
-        let a = verify(None, "GET", "/npm/lodash", true).await;
+        let a = verify(None, "GET", "/npm/lodash").await;
         assert_eq!(
             (a.status, a.challenge()),
             (StatusCode::UNAUTHORIZED, Some("Bearer"))
         );
         // The client address comes from X-Forwarded-For of the trusted proxy.
-        let a = verify(Some(cidr), "GET", "/npm/lodash", true).await;
+        let a = verify(Some(cidr), "GET", "/npm/lodash").await;
         assert_eq!(
             (a.status, a.challenge()),
             (StatusCode::UNAUTHORIZED, Some("ipaddress"))
@@ -2042,17 +2048,11 @@ async fn forward_auth_answers_for_the_original_request() {
         assert!(a.error().contains("X-Original-URI"), "{}", a.error());
         // Paths a proxy would resolve to another route are refused, and tokengate's own
         // routes are never approved for forwarding to the registry.
-        let a = verify(
-            Some(session.clone()),
-            "GET",
-            "/npm/-/web/../@acme%2fx",
-            true,
-        )
-        .await;
+        let a = verify(Some(session.clone()), "GET", "/npm/-/web/../@acme%2fx").await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
-        let a = verify(None, "PUT", "/npm/-/ping/%2e%2e/@acme%2fx", true).await;
+        let a = verify(None, "PUT", "/npm/-/ping/%2e%2e/@acme%2fx").await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
-        let a = verify(None, "GET", "/npm/-/web/tokens", true).await;
+        let a = verify(None, "GET", "/npm/-/web/tokens").await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
         // The gate refuses them too.
         let a = h
@@ -2065,6 +2065,567 @@ async fn forward_auth_answers_for_the_original_request() {
             .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     }
+}
+
+// ---- The threat model (docs/security.md): every header a client sends is its own choice ----
+
+/// A verify request as a proxy sends it: `pairs` are the headers naming the original request.
+async fn verify_with(h: &Harness, token: Option<&str>, pairs: &[(&str, &str)]) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = pairs.to_vec();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    h.call_from(LOCAL, Method::GET, "/-/auth/verify", &headers, None)
+        .await
+}
+
+#[tokio::test]
+async fn forward_auth_reads_only_the_header_pair_of_the_configured_proxy() {
+    for backend in BACKENDS {
+        for anonymous_read in [false, true] {
+            // nginx, the default.
+            let h = harness(backend, move |c| c.anonymous_read = anonymous_read).await;
+            let session = h.login("alice").await;
+            let read_only = h.create_ok(&session, json!({"readonly": true})).await;
+            let acme = h
+                .create_ok(
+                    &session,
+                    json!({"scopes": ["@acme"], "packages_and_scopes_permission": "read-write"}),
+                )
+                .await;
+            // The attacks of the issue: Traefik's pair added by the client to a request nginx
+            // describes truthfully.
+            let spoofs: [(Option<&str>, &str, &str, &str, &str); 3] = [
+                // A read-only token publishing, calling it a GET.
+                (
+                    Some(&read_only),
+                    "PUT",
+                    "/@acme%2fx",
+                    "x-forwarded-method",
+                    "GET",
+                ),
+                // An @acme token unpublishing @other/y, calling it @acme/x.
+                (
+                    Some(&acme),
+                    "DELETE",
+                    "/@other%2fy/-rev/1-a",
+                    "x-forwarded-uri",
+                    "/@acme%2fx",
+                ),
+                // Anyone publishing, calling it a read.
+                (None, "PUT", "/@acme%2fx", "x-forwarded-method", "GET"),
+            ];
+            for (token, method, uri, name, value) in spoofs {
+                let honest = [("x-original-method", method), ("x-original-uri", uri)];
+                let a = verify_with(&h, token, &honest).await;
+                assert!(
+                    matches!(a.status.as_u16(), 401 | 403),
+                    "{method} {uri} without spoofing: {}",
+                    a.status
+                );
+                let mut spoofed = honest.to_vec();
+                spoofed.push((name, value));
+                let a = verify_with(&h, token, &spoofed).await;
+                assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}: {}", a.body);
+                assert!(a.error().contains("forward_auth_headers"), "{}", a.error());
+                assert!(a.headers.contains_key("x-auth-error"));
+            }
+            // The legitimate requests still pass.
+            let a = verify_with(
+                &h,
+                Some(&acme),
+                &[
+                    ("x-original-method", "PUT"),
+                    ("x-original-uri", "/@acme%2fx"),
+                ],
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            // Two values: which one the registry acts on is unknown.
+            let a = verify_with(
+                &h,
+                Some(&read_only),
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-method", "PUT"),
+                    ("x-original-uri", "/@acme%2fx"),
+                ],
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+            assert!(a.error().contains("more than once"), "{}", a.error());
+            let a = verify_with(
+                &h,
+                Some(&session),
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/@acme%2fx"),
+                    ("x-original-uri", "/@other%2fy"),
+                ],
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+            // A missing method is not taken for a GET.
+            let a = verify_with(&h, Some(&read_only), &[("x-original-uri", "/@acme%2fx")]).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+            assert!(a.error().contains("X-Original-Method"), "{}", a.error());
+
+            // Traefik: its pair is read, nginx's refused.
+            let h = harness(backend, move |c| {
+                c.anonymous_read = anonymous_read;
+                c.forward_auth_headers = tokengate::config::ForwardAuthHeaders::Traefik;
+            })
+            .await;
+            let session = h.login("alice").await;
+            let read_only = h.create_ok(&session, json!({"readonly": true})).await;
+            let traefik = [
+                ("x-forwarded-method", "PUT"),
+                ("x-forwarded-uri", "/@acme%2fx"),
+            ];
+            let a = verify_with(&h, Some(&read_only), &traefik).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+            let a = verify_with(&h, Some(&session), &traefik).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            for (name, value) in [("x-original-method", "GET"), ("x-original-uri", "/x")] {
+                let mut spoofed = traefik.to_vec();
+                spoofed.push((name, value));
+                let a = verify_with(&h, Some(&read_only), &spoofed).await;
+                assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}: {}", a.body);
+                assert!(a.error().contains("X-Original-Method"), "{}", a.error());
+            }
+        }
+    }
+}
+
+impl Harness {
+    /// Turns on two-factor authentication for `session`'s account; the secret and a recovery
+    /// code. The enrolment uses the current step's code.
+    async fn enable_tfa(&self, session: &str, mode: &str) -> (Vec<u8>, Vec<String>) {
+        let a = self
+            .profile_post(
+                session,
+                None,
+                json!({"tfa": {"password": PW, "mode": mode}}),
+            )
+            .await;
+        let secret = secret_of(a.body["tfa"].as_str().unwrap());
+        let step = steady_step().await;
+        let code = tokengate::totp::code_at_step(&secret, step);
+        let a = self
+            .profile_post(session, None, json!({"tfa": [code]}))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let recovery = serde_json::from_value(a.body["tfa"].clone()).unwrap();
+        (secret, recovery)
+    }
+
+    /// A call with `Authorization: Basic name:password` and an optional `npm-otp`.
+    async fn call_basic(
+        &self,
+        method: Method,
+        path: &str,
+        user: &str,
+        otp: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{PW}"));
+        let auth = format!("Basic {basic}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(otp) = otp {
+            headers.push(("npm-otp", otp));
+        }
+        self.call_from(
+            LOCAL,
+            method,
+            path,
+            &headers,
+            body.map(|b| Body::from(b.to_string())),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_password_of_an_account_with_two_factor_needs_the_code_on_every_request() {
+    for backend in BACKENDS {
+        for mode in ["auth-only", "auth-and-writes"] {
+            let upstream = echo_upstream().await;
+            let h = harness(backend, move |c| c.upstream.url = upstream).await;
+            let session = h.login("alice").await;
+            // Without 2FA a password works as before.
+            let a = h
+                .call_basic(Method::GET, "/-/whoami", "alice", None, None)
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            let (secret, recovery) = h.enable_tfa(&session, mode).await;
+            // Reads, token lists, publishes and dist-tag moves: each asks for the code.
+            let requests = [
+                (Method::GET, "/-/whoami", None),
+                (Method::GET, "/-/npm/v1/tokens", None),
+                (Method::GET, "/@acme%2fx", None),
+                (Method::PUT, "/@acme%2fx", Some(json!({"name": "@acme/x"}))),
+                (
+                    Method::PUT,
+                    "/-/package/@acme%2fx/dist-tags/latest",
+                    Some(json!("1.0.0")),
+                ),
+            ];
+            for (method, path, body) in &requests {
+                let a = h
+                    .call_basic(method.clone(), path, "alice", None, body.clone())
+                    .await;
+                assert_eq!(
+                    (a.status, a.challenge()),
+                    (StatusCode::UNAUTHORIZED, Some("OTP")),
+                    "{mode} {method} {path}: {}",
+                    a.body
+                );
+                assert!(a.error().contains("password alone"), "{}", a.error());
+                assert!(a.error().contains("one-time password"), "{}", a.error());
+            }
+            // A wrong code is refused; a right one lets the request through.
+            let a = h
+                .call_basic(Method::GET, "/-/whoami", "alice", Some("000000"), None)
+                .await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+            let step = tokengate::totp::step_of(Utc::now().timestamp());
+            let code = tokengate::totp::code_at_step(&secret, step + 1);
+            let a = h
+                .call_basic(Method::GET, "/-/whoami", "alice", Some(&code), None)
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            let a = h
+                .call_basic(
+                    Method::PUT,
+                    "/@acme%2fx",
+                    "alice",
+                    Some(&recovery[0]),
+                    Some(json!({"name": "@acme/x"})),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            assert_eq!(a.body["method"], "PUT", "{}", a.body);
+            // Through forward auth the same.
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{PW}"));
+            let auth = format!("Basic {basic}");
+            let a = h
+                .call_from(
+                    LOCAL,
+                    Method::GET,
+                    "/-/auth/verify",
+                    &[
+                        ("authorization", &auth),
+                        ("x-original-method", "GET"),
+                        ("x-original-uri", "/@acme%2fx"),
+                    ],
+                    None,
+                )
+                .await;
+            assert_eq!(
+                (a.status, a.challenge()),
+                (StatusCode::UNAUTHORIZED, Some("OTP")),
+                "{}",
+                a.body
+            );
+            // Logout does not take the password alone as its owner's word.
+            let other = h.login_with(LOCAL, "alice", PW, Some(&recovery[1])).await;
+            let other = other.body["token"].as_str().unwrap().to_owned();
+            let a = h
+                .call_basic(
+                    Method::DELETE,
+                    &format!("/-/user/token/{other}"),
+                    "alice",
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+            assert_eq!(h.whoami(&other).await.status, StatusCode::OK);
+            // Tokens are unaffected: a session reads without a code.
+            assert_eq!(h.whoami(&session).await.status, StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test]
+async fn limited_tokens_may_not_use_registry_routes_the_gate_does_not_recognise() {
+    for backend in BACKENDS {
+        let upstream = echo_upstream().await;
+        let up = upstream.clone();
+        let h = harness(backend, move |c| {
+            c.upstream.url = format!("{up}/registry");
+            c.public_url = "https://npm.example.com".into();
+        })
+        .await;
+        let session = h.login("alice").await;
+        let publish = h.create_ok(&session, json!({})).await;
+        let read_only = h.create_ok(&session, json!({"readonly": true})).await;
+        let automation = h.create_ok(&session, json!({"automation": true})).await;
+        let foo = h
+            .create_ok(
+                &session,
+                json!({"packages": ["foo"], "packages_and_scopes_permission": "read-write"}),
+            )
+            .await;
+        let no_access = h
+            .create_ok(
+                &session,
+                json!({"packages": ["foo"], "packages_and_scopes_permission": "no-access"}),
+            )
+            .await;
+        let acme_reader = h
+            .create_ok(
+                &session,
+                json!({"scopes": ["@acme"], "packages_and_scopes_permission": "read-only"}),
+            )
+            .await;
+        let all_reader = h
+            .create_ok(
+                &session,
+                json!({"packages_all": true, "packages_and_scopes_permission": "read-only"}),
+            )
+            .await;
+        let all_writer = h
+            .create_ok(
+                &session,
+                json!({"packages_all": true, "packages_and_scopes_permission": "read-write"}),
+            )
+            .await;
+        let unrecognised_reads = [
+            "/-/verdaccio/data/packages",
+            "/-/verdaccio/data/sidebar/%40other%2fy",
+            "/-/verdaccio/data/package/readme/%40other%2fy",
+            "/-/all",
+            "/",
+            "/-/package/foo/unknown",
+            "/foo/1.0.0/unknown",
+        ];
+        for path in unrecognised_reads {
+            for token in [&foo, &no_access, &acme_reader] {
+                let a = h.call(Method::GET, path, Some(token), None).await;
+                assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: {}", a.body);
+                assert!(a.error().contains("names no package"), "{}", a.error());
+            }
+            for token in [&session, &publish, &read_only, &automation, &all_reader] {
+                let a = h.call(Method::GET, path, Some(token), None).await;
+                assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+                // The upstream's own URLs never reach the client, whatever the route.
+                let text = a.body.to_string();
+                assert!(!text.contains(&upstream), "{path}: {text}");
+                assert_eq!(
+                    a.body["versions"]["1.0.0"]["dist"]["tarball"],
+                    "https://npm.example.com/x/-/x-1.0.0.tgz"
+                );
+            }
+        }
+        // Writes to unrecognised routes need what a publish needs.
+        for (token, allowed) in [
+            (&session, true),
+            (&publish, true),
+            (&automation, true),
+            (&all_writer, true),
+            (&read_only, false),
+            (&all_reader, false),
+            (&foo, false),
+        ] {
+            let a = h
+                .call(
+                    Method::POST,
+                    "/-/verdaccio/sec/login",
+                    Some(token),
+                    Some(json!({})),
+                )
+                .await;
+            let want = if allowed {
+                StatusCode::OK
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            assert_eq!(a.status, want, "{}", a.body);
+        }
+        // Search: a limited token sees only its packages; others see everything.
+        let names = |a: &Answer| -> Vec<String> {
+            a.body["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["package"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let a = h
+            .call(Method::GET, "/-/v1/search?text=x", Some(&acme_reader), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(names(&a), ["@acme/x"]);
+        assert_eq!(a.body["total"], 1);
+        assert!(!a.body.to_string().contains(&upstream), "{}", a.body);
+        let a = h
+            .call(Method::GET, "/-/v1/search?text=x", Some(&foo), None)
+            .await;
+        assert_eq!(names(&a), ["foo"]);
+        let a = h
+            .call(Method::GET, "/-/v1/search?text=x", Some(&no_access), None)
+            .await;
+        assert!(names(&a).is_empty(), "{}", a.body);
+        let a = h
+            .call(Method::GET, "/-/v1/search?text=x", Some(&read_only), None)
+            .await;
+        assert_eq!(names(&a), ["@acme/x", "@other/y", "foo"]);
+        // Behind a proxy the answer cannot be filtered, so a limited token's search is refused.
+        let search = [
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/-/v1/search?text=x"),
+        ];
+        let a = verify_with(&h, Some(&acme_reader), &search).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        let a = verify_with(&h, Some(&all_reader), &search).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        for path in unrecognised_reads {
+            let original = [("x-original-method", "GET"), ("x-original-uri", path)];
+            let a = verify_with(&h, Some(&foo), &original).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: {}", a.body);
+            let a = verify_with(&h, Some(&publish), &original).await;
+            assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+        }
+        // The package routes a limited token may use still work.
+        let a = h.call(Method::GET, "/foo", Some(&foo), None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let a = h
+            .call(Method::GET, "/@acme%2fx", Some(&acme_reader), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn stage_only_tokens_read_and_never_write() {
+    for backend in BACKENDS {
+        let upstream = echo_upstream().await;
+        let h = harness(backend, move |c| c.upstream.url = upstream).await;
+        let session = h.login("alice").await;
+        let stage = h
+            .create_ok(
+                &session,
+                json!({"scopes": ["@acme"], "packages_and_scopes_permission": "read-write-stage-only"}),
+            )
+            .await;
+        let a = h.call(Method::GET, "/@acme%2fx", Some(&stage), None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let writes = [
+            (Method::PUT, "/@acme%2fx", json!({"name": "@acme/x"})),
+            (
+                Method::PUT,
+                "/-/package/@acme%2fx/dist-tags/latest",
+                json!("1.0.0"),
+            ),
+            (Method::DELETE, "/@acme%2fx/-rev/1-a", json!(null)),
+            (Method::POST, "/-/stage/package/@acme%2fx", json!({})),
+        ];
+        for (method, path, body) in writes {
+            let a = h.call(method.clone(), path, Some(&stage), Some(body)).await;
+            assert_eq!(
+                a.status,
+                StatusCode::FORBIDDEN,
+                "{method} {path}: {}",
+                a.body
+            );
+            assert!(a.error().contains("stage-only"), "{}", a.error());
+        }
+        let a = verify_with(
+            &h,
+            Some(&stage),
+            &[
+                ("x-original-method", "PUT"),
+                ("x-original-uri", "/@acme%2fx"),
+            ],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn other_users_records_show_their_email_only_to_full_credentials() {
+    for backend in BACKENDS {
+        let h = harness(backend, |_| {}).await;
+        let session = h.login("alice").await;
+        let publish = h.create_ok(&session, json!({})).await;
+        let narrow = [
+            h.create_ok(&session, json!({"readonly": true})).await,
+            h.create_ok(&session, json!({"automation": true})).await,
+            h.create_ok(
+                &session,
+                json!({"packages": ["foo"], "packages_and_scopes_permission": "no-access"}),
+            )
+            .await,
+            h.create_ok(
+                &session,
+                json!({"packages_all": true, "packages_and_scopes_permission": "read-write"}),
+            )
+            .await,
+        ];
+        let bob = "/-/user/org.couchdb.user:bob";
+        let alice = "/-/user/org.couchdb.user:alice";
+        for token in [&session, &publish] {
+            let a = h.call(Method::GET, bob, Some(token), None).await;
+            assert_eq!(
+                a.body,
+                json!({"_id": "org.couchdb.user:bob", "name": "bob", "email": "bob@example.com"})
+            );
+        }
+        let a = h.call_basic(Method::GET, bob, "alice", None, None).await;
+        assert_eq!(a.body["email"], "bob@example.com", "{}", a.body);
+        for token in &narrow {
+            let a = h.call(Method::GET, bob, Some(token), None).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            assert_eq!(
+                a.body,
+                json!({"_id": "org.couchdb.user:bob", "name": "bob"})
+            );
+            // Their own record in full.
+            let a = h.call(Method::GET, alice, Some(token), None).await;
+            assert_eq!(a.body["email"], "alice@example.com", "{}", a.body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn headers_that_rename_the_method_or_path_never_reach_the_upstream() {
+    let upstream = echo_upstream().await;
+    let h = harness(Backend::Sqlite, move |c| c.upstream.url = upstream).await;
+    let session = h.login("alice").await;
+    let read_only = h.create_ok(&session, json!({"readonly": true})).await;
+    let auth = format!("Bearer {read_only}");
+    let overrides = [
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "DELETE"),
+        ("x-original-url", "/@other%2fy/-rev/1-a"),
+        ("x-rewrite-url", "/@other%2fy/-rev/1-a"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-original-method", "DELETE"),
+        ("x-original-uri", "/@other%2fy"),
+        ("x-forwarded-method", "DELETE"),
+        ("x-forwarded-uri", "/@other%2fy"),
+        ("x-forwarded-port", "1"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-auth-user", "mallory"),
+    ];
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(&overrides);
+    let a = h
+        .call_from(LOCAL, Method::GET, "/@acme%2fx", &headers, None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let seen = a.body["headers"].as_object().unwrap();
+    for (name, _) in overrides {
+        assert!(
+            !seen.contains_key(name),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+    assert_eq!(a.body["method"], "GET");
 }
 
 // ---- Audit log, last use, administration ----

@@ -12,7 +12,7 @@ use crate::openapi::OtpHeader;
 use crate::store::{NewUser, StoreError};
 use crate::token::{PlainToken, TokenKey};
 use crate::AppState;
-use crate::{attempts, second_factor};
+use crate::{attempts, policy, second_factor};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -64,7 +64,10 @@ pub struct UserDoc {
     #[serde(rename = "_id")]
     pub id: String,
     pub name: String,
-    pub email: String,
+    /// Shown for the caller's own record, and for others' to a login session, a password or a
+    /// full-permission token (npm's `owner add` reads it); never to a narrower token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// `{"ok": true}`.
@@ -246,7 +249,8 @@ async fn login_or_adduser(
                     "This account is disabled: ask an administrator.",
                 ));
             }
-            second_factor::require(&state, &user, headers, client).await?;
+            second_factor::require(&state, &user, headers, client, second_factor::OTP_REQUIRED)
+                .await?;
             user
         }
         None => match body.email {
@@ -349,7 +353,7 @@ pub async fn adduser(
 )]
 pub async fn user_doc(
     State(state): State<AppState>,
-    _caller: Principal,
+    caller: Principal,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<UserDoc>, ApiError> {
     let name = user_from_id(&id)?;
@@ -358,10 +362,12 @@ pub async fn user_doc(
         .user_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("No user named {name}.")))?;
+    let email = (user.id == caller.user.id || policy::sees_others_emails(&caller.credential))
+        .then_some(user.email);
     Ok(Json(UserDoc {
         id: format!("{COUCH_PREFIX}{}", user.name),
         name: user.name,
-        email: user.email,
+        email,
     }))
 }
 
