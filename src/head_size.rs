@@ -41,7 +41,12 @@ mod tests {
 
     #[test]
     fn counts_the_head_as_sent() {
-        let cases: [(&str, &str, &[(&str, &str)]); 4] = [
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static [(&'static str, &'static str)],
+        );
+        let cases: [Case; 4] = [
             ("GET", "/-/whoami", &[]),
             ("GET", "/-/whoami", &[("host", "127.0.0.1:4874")]),
             (
