@@ -503,7 +503,7 @@ fn make_tokens(ctx: &mut Ctx) -> Tokens {
         ],
     );
     let cidr = create(ctx, &["--cidr=10.0.0.0/8"]);
-    let foo = create(
+    let foo_only = create(
         ctx,
         &[
             "--packages=foo",
@@ -550,7 +550,7 @@ fn make_tokens(ctx: &mut Ctx) -> Tokens {
         cidr,
         automation,
         stage,
-        foo,
+        foo: foo_only,
     }
 }
 
