@@ -224,14 +224,15 @@ async fn forward_checked(
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_none_or(|n| n <= MAX_REWRITTEN_DOCUMENT);
     let plain = !parts.headers.contains_key(header::CONTENT_ENCODING);
-    if search_for.is_some() && !(parts.status != StatusCode::OK || (json && small && plain)) {
+    let readable = parts.status == StatusCode::OK && json && small && plain;
+    if search_for.is_some() && parts.status == StatusCode::OK && !readable {
         return Err(ApiError::BadGateway(
             "The registry behind tokengate sent a search answer tokengate cannot filter \
              (compressed, too large or not JSON)."
                 .into(),
         ));
     }
-    if !(rewrite && parts.status == StatusCode::OK && json && small && plain) {
+    if !(rewrite && readable) {
         return Ok(Response::from_parts(parts, Body::new(body)));
     }
     let limited = http_body_util::Limited::new(body, MAX_REWRITTEN_DOCUMENT);
